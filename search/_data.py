@@ -1,0 +1,208 @@
+"""Tasks: built-in and user data, split once by the sweep seed.
+
+Data is built once per sweep in the driver (before any trial is seeded) and shared with
+every trial through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spaces import SpecError, Task
+
+MIN_ROWS = {"train": 8, "validation": 2, "test": 2}
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train/validation/test arrays (float32 inputs; int64 labels or float32 targets)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    kind: str  # classification | regression
+    n_outputs: int  # classes, or 1 for regression
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.x_train.shape[1:])
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMTUNE_CACHE", Path.home() / ".cache" / "slimtune"))
+
+
+def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-1D with the published arguments (4000 train / 1000 test, length 40), cached on disk."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args(as_dict=True)
+    key = hashlib.sha256(repr(sorted(args.items())).encode()).hexdigest()[:12]
+    path = cache_dir() / f"mnist1d-{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["x"], z["y"], z["x_test"], z["y_test"]
+    # make_dataset reseeds the global RNGs: keep the caller's state untouched.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    out = (d["x"].astype(np.float32), d["y"].astype(np.int64),
+           d["x_test"].astype(np.float32), d["y_test"].astype(np.int64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=out[0], y=out[1], x_test=out[2], y_test=out[3])
+    os.replace(tmp, path)
+    return out
+
+
+def _infer_kind(y: np.ndarray) -> str:
+    if y.dtype.kind in "OUSb":
+        return "classification"
+    if np.all(np.equal(np.mod(y, 1), 0)) and len(np.unique(y)) <= 20:
+        return "classification"
+    return "regression"
+
+
+def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:  # pandas raises many types for malformed files
+        raise SpecError("task.dataset", "must be a readable CSV file", str(path), str(exc).splitlines()[0]) from None
+    if df.shape[1] < 2:
+        raise SpecError("task.dataset", "a CSV needs at least one feature column and a target column",
+                        f"{path} with columns {list(df.columns)}")
+    target = target if target is not None else df.columns[-1]
+    if target not in df.columns:
+        from spaces._errors import closest
+
+        raise SpecError("task.target", "must name a column of the CSV", target, closest(target, map(str, df.columns)))
+    y = df[target]
+    if y.isna().any():
+        row = int(np.flatnonzero(y.isna().to_numpy())[0]) + 2
+        raise SpecError("task.target", "every row needs a label", f"an empty {target!r} at line {row} of {path}")
+    feats = df.drop(columns=[target])
+    for col in feats.columns:
+        if not pd.api.types.is_numeric_dtype(feats[col]) or pd.api.types.is_bool_dtype(feats[col]):
+            bad = feats[col][pd.to_numeric(feats[col], errors="coerce").isna()].iloc[0] if len(feats) else ""
+            raise SpecError("task.dataset", f"feature column {col!r} must be numeric", bad,
+                            "encode text columns as numbers first")
+        if feats[col].isna().any():
+            raise SpecError("task.dataset", f"feature column {col!r} must have no missing values", "NaN")
+    return feats.to_numpy(np.float32), y.to_numpy(), {"target": target}
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise SpecError("task.dataset", "a .npz needs arrays named x and y", f"{path} with {sorted(z.files)}")
+            return z["x"], z["y"]
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError("task.dataset", "must be a readable .npz file", str(path), str(exc).splitlines()[0]) from None
+
+
+def _call_hook(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    module, _, fn = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError("task.dataset", "module:function must be importable", spec, str(exc)) from None
+    out = func()
+    if isinstance(out, dict) and "x" in out and "y" in out:
+        out = (out["x"], out["y"])
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise SpecError("task.dataset", "the function must return (x, y) or {'x': ..., 'y': ...}",
+                        f"{spec} returned {type(out).__name__}")
+    return np.asarray(out[0]), np.asarray(out[1])
+
+
+def _encode_labels(y: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
+    if kind == "classification":
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise SpecError("task.target", "classification needs at least 2 classes", classes.tolist())
+        return codes.astype(np.int64), int(len(classes))
+    if y.dtype.kind not in "iuf":
+        raise SpecError("task.kind", "regression needs a numeric target", str(y.dtype))
+    return y.astype(np.float32), 1
+
+
+def _split(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    k = int(round(n * frac))
+    return perm[k:], perm[:k]
+
+
+def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
+    """Load ``task``'s data and split it reproducibly from ``seed``.
+
+    The test split is held out and only ever used for the ``test_*`` twins of the metrics.
+    Raises :class:`SpecError` for a missing or malformed file.
+    """
+    x_test = y_test = None
+    ds = task.dataset
+    if ds == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x, y = (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    elif ds == "mnist1d":
+        x, y, x_test, y_test = _mnist1d()
+    elif ds.endswith((".csv", ".npz")):
+        path = Path(ds)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise SpecError("task.dataset", "must be an existing file", str(path))
+        if ds.endswith(".csv"):
+            x, y, _ = _read_csv(path, task.target)
+        else:
+            x, y = _read_npz(path)
+    else:
+        x, y = _call_hook(ds)
+    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
+        raise SpecError("task.dataset", "x must be (rows, features...) and y (rows,) with equal rows",
+                        f"x{tuple(x.shape)} y{tuple(y.shape)}")
+    if x.dtype.kind not in "iuf":
+        raise SpecError("task.dataset", "features must be numeric", str(x.dtype))
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise SpecError("task.dataset", "features must be finite", "NaN or inf")
+    kind = task.kind or _infer_kind(y)
+    rng = np.random.default_rng(seed)
+    if x_test is None:
+        train_idx, test_idx = _split(len(x), task.test_split, rng)
+        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    all_y, n_out = _encode_labels(np.concatenate([y, y_test]), kind)
+    y, y_test = all_y[: len(y)], all_y[len(y):]
+    train_idx, val_idx = _split(len(x), task.validation_split, rng)
+    x_tr, y_tr, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    for split, arr in (("train", x_tr), ("validation", x_val), ("test", x_test)):
+        if len(arr) < MIN_ROWS[split]:
+            raise SpecError("task.dataset", f"the {split} split needs at least {MIN_ROWS[split]} rows",
+                            f"{len(arr)} rows from {len(x) + len(x_test)} in all", "add rows or change the splits")
+    if ds not in ("digits", "mnist1d"):  # user data: standardise with training statistics
+        mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
+        x_tr, x_val, x_test = ((a - mu) / sd for a in (x_tr, x_val, x_test))
+        if kind == "regression":
+            ym, ys = y_tr.mean(), y_tr.std() + 1e-8
+            y_tr, y_val, y_test = ((a - ym) / ys for a in (y_tr, y_val, y_test))
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out)

@@ -1,0 +1,137 @@
+"""The results table: one DataFrame, one row per trial, written as ``results.parquet``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from spaces import SpecError
+
+RESULTS = "results.parquet"
+SWEEP = "sweep.json"
+STUDY = "study.db"
+
+#: Columns always present, in this order, after ``trial_id``/``status`` and the parameters.
+METRIC_COLUMNS = [
+    "accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss",
+    "size_bytes", "dense_bytes", "compression_ratio", "params", "nonzero_params",
+    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact",
+]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_results(out_dir: Path, rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
+    df = frame(rows, param_names)
+    write_atomic(out_dir / RESULTS, df.to_parquet(index=False))
+    return df
+
+
+def frame(rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
+    rows = list(rows)
+    cols = ["trial_id", "trial_number", "status", *param_names, "seed", *METRIC_COLUMNS]
+    extra = sorted({k for r in rows for k in r} - set(cols))
+    df = pd.DataFrame(rows, columns=cols + extra)
+    if len(df):
+        df = df.sort_values("trial_number", kind="stable").reset_index(drop=True)
+    return df
+
+
+def sweep_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / SWEEP
+    if not p.is_file():
+        raise SpecError("path", "must be a sweep folder (holding sweep.json)", str(path))
+    return json.loads(p.read_text())
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read a sweep's results: one row per trial, finished or failed.
+
+    Schema (``df.attrs["objectives"]`` maps each objective to ``"max"``/``"min"``):
+
+    ===================  ===========================================================
+    ``trial_id``         Ray Tune trial id (also the artifact's file stem)
+    ``trial_number``     Optuna trial number in ``study.db`` (0, 1, ...)
+    ``status``           ``ok`` | ``failed``
+    parameters           one column per sampled or fixed parameter, named as in the
+                         spec: ``lr``, ``batch_size``, ``depth``, ``width``,
+                         ``weight_decay``, ``epochs``, ``prune_method``, ``sparsity``,
+                         ``finetune_epochs``, ``bits``, ``per_channel``, ``symmetric``
+                         (NaN/None where a conditional parameter did not apply)
+    ``seed``             the trial's seed (derived from the sweep seed and number)
+    ``accuracy``/``r2``  validation metric of the *compressed* model
+    ``loss``             validation loss of the compressed model
+    ``test_accuracy``/``test_r2``/``test_loss``  the same on the held-out test split
+    ``size_bytes``       length in bytes of the trial's artifact file
+    ``dense_bytes``      the same model as dense fp32 in the same container
+    ``compression_ratio``  ``dense_bytes / size_bytes``
+    ``params``           parameters of the compressed model
+    ``nonzero_params``   parameters that are not zero
+    ``latency_ms``       median CPU latency at batch size 1
+    ``train_seconds``    training + compression time of the trial
+    ``feasible``         every spec constraint holds (always True without constraints)
+    ``node``             ``host/node-id`` of the Ray node that ran the trial
+    ``error``            error text of a failed trial (None when ok)
+    ``artifact``         artifact path relative to the sweep folder (``compress.load`` it)
+    ===================  ===========================================================
+    """
+    meta = sweep_meta(path)
+    p = Path(path) / RESULTS
+    df = pd.read_parquet(p) if p.is_file() else frame([], meta["params"])
+    df.attrs["objectives"] = dict(meta["objectives"])
+    df.attrs["constraints"] = meta.get("constraints", {})
+    df.attrs["name"] = meta["name"]
+    return df
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The non-dominated, feasible, finished rows of ``df``.
+
+    ``objectives`` maps column → ``"max"``/``"min"``; by default the sweep's own
+    (``df.attrs["objectives"]``, set by :func:`load_results`). Sorted by the first objective,
+    best first.
+    """
+    objectives = dict(objectives or df.attrs.get("objectives") or {})
+    if not objectives:
+        raise ValueError("pareto_front needs objectives: pass objectives={'accuracy': 'max', ...} "
+                         "or a frame from load_results()")
+    for col, direction in objectives.items():
+        if col not in df.columns:
+            raise ValueError(f"objectives: {col!r} must be a column of the frame, but got columns {list(df.columns)}")
+        if direction not in ("max", "min"):
+            raise ValueError(f"objectives.{col}: direction must be max or min, but got {direction!r}")
+    ok = df[(df["status"] == "ok")] if "status" in df else df
+    if "feasible" in ok:
+        ok = ok[ok["feasible"].fillna(False).astype(bool)]
+    vals = ok[list(objectives)].to_numpy(dtype=float)
+    signs = np.array([-1.0 if d == "max" else 1.0 for d in objectives.values()])
+    costs = vals * signs
+    finite = np.all(np.isfinite(costs), axis=1)
+    keep = []
+    for i in range(len(costs)):
+        if not finite[i]:
+            continue
+        if not any(finite[j] and _dominates(costs[j], costs[i]) for j in range(len(costs)) if j != i):
+            keep.append(i)
+    front = ok.iloc[keep]
+    first, d = next(iter(objectives.items()))
+    front = front.sort_values(first, ascending=(d == "min"), kind="stable")
+    front.attrs = dict(df.attrs)
+    return front

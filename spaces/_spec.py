@@ -1,0 +1,401 @@
+"""The sweep spec: loaded from YAML once, validated once, frozen.
+
+Nothing past :func:`load_spec` / :func:`parse_spec` re-checks the values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from spaces._distributions import (
+    Choice,
+    Fixed,
+    IntRange,
+    Param,
+    check_values,
+    parse_param,
+    suggest,
+)
+from spaces._errors import SpecError, closest
+
+#: Every metric a trial reports, with the direction that is "better".
+METRICS: dict[str, str] = {
+    "accuracy": "max",  # validation accuracy of the compressed model (classification)
+    "r2": "max",  # validation R^2 of the compressed model (regression)
+    "loss": "min",  # validation loss of the compressed model
+    "size_bytes": "min",  # length of the compressed artifact file
+    "params": "min",  # parameters of the (possibly pruned) model
+    "nonzero_params": "min",  # parameters that are not zero
+    "compression_ratio": "max",  # dense_bytes / size_bytes
+    "latency_ms": "min",  # CPU latency at batch size 1
+}
+TASK_METRIC = {"classification": "accuracy", "regression": "r2"}
+BUILTIN_DATASETS = ("digits", "mnist1d")
+BUILTIN_MODELS = ("mlp", "cnn")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+PRUNE_METHODS = ("none", "magnitude")
+#: Hyperparameters the built-in models and the trainer understand, with their defaults.
+SPACE_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "batch_size": 64,
+    "depth": 2,
+    "width": 64,
+    "weight_decay": 0.0,
+}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str  # "max" | "min"
+
+
+@dataclass(frozen=True)
+class Bound:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 means satisfied."""
+        v = float("-inf")
+        if self.min is not None:
+            v = max(v, self.min - value)
+        if self.max is not None:
+            v = max(v, value - self.max)
+        return v
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    model: str
+    epochs: Param
+    target: str | None = None
+    kind: str | None = None  # None: inferred from the target when the data is loaded
+    validation_split: float = 0.2
+    test_split: float = 0.2  # ignored by mnist1d, which has its published 4000/1000 split
+
+    @property
+    def dataset_is_hook(self) -> bool:
+        return bool(_HOOK.match(self.dataset)) and not self.dataset.endswith((".csv", ".npz"))
+
+    @property
+    def model_is_hook(self) -> bool:
+        return self.model not in BUILTIN_MODELS
+
+
+@dataclass(frozen=True)
+class Prune:
+    method: Param = Fixed("none")
+    sparsity: Param = Fixed(0.5)
+    finetune_epochs: Param = Fixed(0)
+
+
+@dataclass(frozen=True)
+class Quantize:
+    bits: Param = Fixed(32)
+    per_channel: Param = Fixed(True)
+    symmetric: Param = Fixed(False)
+
+
+@dataclass(frozen=True)
+class Search:
+    trials: int = 20
+    concurrency: int = 2
+    sampler: str = "tpe"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    task: Task
+    objectives: tuple[Objective, ...]
+    space: tuple[tuple[str, Param], ...]
+    constraints: tuple[Bound, ...] = ()
+    prune: Prune = field(default_factory=Prune)
+    quantize: Quantize = field(default_factory=Quantize)
+    search: Search = field(default_factory=Search)
+    resources: Resources = field(default_factory=Resources)
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """The define-by-run function: draw one configuration from an Optuna-style ``trial``.
+
+        Conditional parameters are drawn only where they apply: ``sparsity`` and
+        ``finetune_epochs`` only when ``prune_method != "none"``; ``per_channel`` and
+        ``symmetric`` only when ``bits < 32``. Returns every parameter, drawn or fixed,
+        named as in the results table.
+        """
+        cfg: dict[str, Any] = {name: suggest(trial, name, p) for name, p in self.space}
+        cfg["epochs"] = suggest(trial, "epochs", self.task.epochs)
+        cfg["prune_method"] = suggest(trial, "prune_method", self.prune.method)
+        if cfg["prune_method"] != "none":
+            cfg["sparsity"] = suggest(trial, "sparsity", self.prune.sparsity)
+            cfg["finetune_epochs"] = suggest(trial, "finetune_epochs", self.prune.finetune_epochs)
+        cfg["bits"] = suggest(trial, "bits", self.quantize.bits)
+        if cfg["bits"] < 32:
+            cfg["per_channel"] = suggest(trial, "per_channel", self.quantize.per_channel)
+            cfg["symmetric"] = suggest(trial, "symmetric", self.quantize.symmetric)
+        return cfg
+
+    def constraint_values(self, metrics: Mapping[str, float]) -> list[float]:
+        return [b.violation(float(metrics[b.metric])) for b in self.constraints]
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing: the one place where raw YAML becomes typed values.
+
+
+def _mapping(path: str, raw: Any, known: Mapping[str, Any] | tuple[str, ...] | None) -> dict:
+    if not isinstance(raw, dict):
+        raise SpecError(path or "spec", "must be a mapping", raw)
+    if known is not None:
+        for key in raw:
+            if not isinstance(key, str) or key not in known:
+                raise SpecError(
+                    f"{path}.{key}" if path else str(key), "unknown key", key, closest(str(key), known)
+                )
+    return raw
+
+
+def _int(path: str, raw: Any, low: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
+        raise SpecError(path, f"must be an integer >= {low}", raw)
+    return raw
+
+
+def _number(path: str, raw: Any, rule: str, ok) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not ok(raw):
+        raise SpecError(path, rule, raw)
+    return float(raw)
+
+
+def _one_of(path: str, raw: Any, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise SpecError(path, f"must be one of {', '.join(allowed)}", raw)
+    return raw
+
+
+def _param(path: str, raw: Any, ok, rule: str, int_only: bool = False) -> Param:
+    p = parse_param(path, raw)
+    if int_only and not isinstance(p, IntRange):
+        ok_ = ok
+        ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and ok_(v)  # noqa: E731
+    return check_values(path, p, ok, rule)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_task(raw: Any) -> Task:
+    known = ("dataset", "target", "kind", "model", "epochs", "validation_split", "test_split")
+    t = _mapping("task", raw, known)
+    if "dataset" not in t:
+        raise SpecError("task.dataset", "is required (digits, mnist1d, a .csv/.npz path or module:function)", None)
+    dataset = t["dataset"]
+    if not isinstance(dataset, str) or not (
+        dataset in BUILTIN_DATASETS or dataset.endswith((".csv", ".npz")) or _HOOK.match(dataset)
+    ):
+        raise SpecError(
+            "task.dataset", "must be digits, mnist1d, a .csv or .npz path, or module:function", dataset
+        )
+    model = t.get("model", "mlp")
+    if not isinstance(model, str) or not (model in BUILTIN_MODELS or _HOOK.match(model)):
+        raise SpecError("task.model", "must be mlp, cnn or module:function", model)
+    target = t.get("target")
+    if target is not None and not isinstance(target, str):
+        raise SpecError("task.target", "must be a column name", target)
+    if target is not None and not dataset.endswith(".csv"):
+        raise SpecError("task.target", "applies to .csv datasets only", target, "remove it")
+    kind = t.get("kind")
+    if kind is not None:
+        _one_of("task.kind", kind, tuple(TASK_METRIC))
+    epochs = _param("task.epochs", t.get("epochs", 10), lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    split = lambda v: 0.0 < v < 0.9  # noqa: E731
+    val = _number("task.validation_split", t.get("validation_split", 0.2), "`0 < validation_split < 0.9` must hold", split)
+    test = _number("task.test_split", t.get("test_split", 0.2), "`0 < test_split < 0.9` must hold", split)
+    return Task(dataset=dataset, model=model, epochs=epochs, target=target, kind=kind,
+                validation_split=val, test_split=test)
+
+
+def _parse_objectives(raw: Any, kind: str | None) -> tuple[Objective, ...]:
+    if raw is None:
+        raw = {TASK_METRIC.get(kind or "classification"): "max", "size_bytes": "min"}
+    o = _mapping("objectives", raw, METRICS)
+    if not o:
+        raise SpecError("objectives", "needs at least one metric", o)
+    objs = []
+    for name, direction in o.items():
+        if direction not in ("max", "min"):
+            raise SpecError(f"objectives.{name}", "direction must be max or min", direction)
+        if kind is not None and name in ("accuracy", "r2") and name != TASK_METRIC[kind]:
+            raise SpecError(f"objectives.{name}", f"a {kind} task reports {TASK_METRIC[kind]}", name,
+                            f"use {TASK_METRIC[kind]}")
+        objs.append(Objective(name, direction))
+    return tuple(objs)
+
+
+def _parse_constraints(raw: Any) -> tuple[Bound, ...]:
+    c = _mapping("constraints", raw or {}, METRICS)
+    bounds = []
+    for metric, b in c.items():
+        b = _mapping(f"constraints.{metric}", b, ("min", "max"))
+        if not b:
+            raise SpecError(f"constraints.{metric}", "needs min and/or max", b)
+        lo = b.get("min")
+        hi = b.get("max")
+        for k, v in (("min", lo), ("max", hi)):
+            if v is not None:
+                _number(f"constraints.{metric}.{k}", v, "must be a finite number", lambda x: x == x and abs(x) != float("inf"))
+        if lo is not None and hi is not None and lo > hi:
+            raise SpecError(f"constraints.{metric}", "`min <= max` must hold", {"min": lo, "max": hi})
+        bounds.append(Bound(metric, None if lo is None else float(lo), None if hi is None else float(hi)))
+    return tuple(bounds)
+
+
+def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]:
+    s = _mapping("space", raw or {}, None if model_is_hook else SPACE_DEFAULTS)
+    merged = {**{k: v for k, v in SPACE_DEFAULTS.items()}, **s}
+    positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+    rules = {
+        "lr": (positive, "must be > 0", False),
+        "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "must be >= 0", False),
+        "batch_size": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
+        "depth": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
+        "width": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
+    }
+    out = []
+    for name, value in merged.items():
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_]\w*$", name):
+            raise SpecError(f"space.{name}", "names must be identifiers", name)
+        path = f"space.{name}"
+        if name in rules:
+            ok, rule, int_only = rules[name]
+            out.append((name, _param(path, value, ok, rule, int_only)))
+        else:
+            out.append((name, parse_param(path, value)))
+    return tuple(out)
+
+
+def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
+    c = _mapping("compress", raw or {}, ("prune", "quantize"))
+    p = _mapping("compress.prune", c.get("prune") or {}, ("method", "sparsity", "finetune_epochs"))
+    q = _mapping("compress.quantize", c.get("quantize") or {}, ("bits", "per_channel", "symmetric"))
+    prune = Prune(
+        method=_param("compress.prune.method", p.get("method", "none" if not p else "magnitude"),
+                      lambda v: v in PRUNE_METHODS, f"must be one of {', '.join(PRUNE_METHODS)}"),
+        sparsity=_param("compress.prune.sparsity", p.get("sparsity", 0.5),
+                        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                        "`0 <= sparsity < 1` must hold"),
+        finetune_epochs=_param("compress.prune.finetune_epochs", p.get("finetune_epochs", 0),
+                               lambda v: _is_int(v) and v >= 0, "must be an integer >= 0", True),
+    )
+    bits_ok = lambda v: _is_int(v) and (2 <= v <= 8 or v == 32)  # noqa: E731
+    quant = Quantize(
+        bits=_param("compress.quantize.bits", q.get("bits", 32), bits_ok,
+                    "bits must be an integer in 2..8, or 32 for no quantization", True),
+        per_channel=_param("compress.quantize.per_channel", q.get("per_channel", True),
+                           lambda v: isinstance(v, bool), "must be true or false"),
+        symmetric=_param("compress.quantize.symmetric", q.get("symmetric", False),
+                         lambda v: isinstance(v, bool), "must be true or false"),
+    )
+    if isinstance(quant.bits, IntRange):
+        raise SpecError("compress.quantize.bits", "must be fixed or a choice (9..31 are not valid)",
+                        {"int": [quant.bits.low, quant.bits.high]}, "use {choice: [...]}")
+    return prune, quant
+
+
+def _parse_search(raw: Any) -> Search:
+    s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed"))
+    return Search(
+        trials=_int("search.trials", s.get("trials", 20), 1),
+        concurrency=_int("search.concurrency", s.get("concurrency", 2), 1),
+        sampler=_one_of("search.sampler", s.get("sampler", "tpe"), SAMPLERS),
+        seed=_int("search.seed", s.get("seed", 0), 0),
+    )
+
+
+def _parse_resources(raw: Any) -> Resources:
+    r = _mapping("resources", raw or {}, ("cpu", "gpu"))
+    return Resources(
+        cpu=_number("resources.cpu", r.get("cpu", 1), "must be a number > 0", lambda v: v > 0),
+        gpu=_number("resources.gpu", r.get("gpu", 0), "must be a number >= 0", lambda v: v >= 0),
+    )
+
+
+TOP_KEYS = ("name", "task", "objectives", "constraints", "space", "compress", "search", "resources")
+
+
+def parse_spec(raw: Any) -> Spec:
+    """Validate a spec mapping (as loaded from YAML) into a frozen :class:`Spec`."""
+    top = _mapping("", raw, TOP_KEYS)
+    name = top.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError("name", "must be 1-64 letters, digits, - or _", name)
+    if "task" not in top:
+        raise SpecError("task", "is required", None, "add task: {dataset: digits, model: mlp}")
+    task = _parse_task(top["task"])
+    objectives = _parse_objectives(top.get("objectives"), task.kind)
+    constraints = _parse_constraints(top.get("constraints"))
+    space = _parse_space(top.get("space"), task.model_is_hook)
+    prune, quant = _parse_compress(top.get("compress"))
+    if isinstance(prune.method, Fixed) and prune.method.value == "none" and "compress" in top:
+        p = (top.get("compress") or {}).get("prune") or {}
+        if "sparsity" in p:
+            raise SpecError("compress.prune.sparsity", "is only used when method is not none", p["sparsity"],
+                            "set method: magnitude or remove sparsity")
+    if isinstance(prune.method, Choice) and len(prune.method.values) == 1:
+        prune = Prune(Fixed(prune.method.values[0]), prune.sparsity, prune.finetune_epochs)
+    return Spec(
+        name=name,
+        task=task,
+        objectives=objectives,
+        space=space,
+        constraints=constraints,
+        prune=prune,
+        quantize=quant,
+        search=_parse_search(top.get("search")),
+        resources=_parse_resources(top.get("resources")),
+        source=raw,
+    )
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a YAML spec file (safely) and validate it. Raises :class:`SpecError`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("spec", "must be an existing YAML file", str(path))
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError("spec", "must be valid YAML", f"{problem} at {where}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError("spec", "must be UTF-8 text", str(exc)) from None
+    return parse_spec(raw)
