@@ -98,7 +98,8 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
     feats = df.drop(columns=[target])
     for col in feats.columns:
         if not pd.api.types.is_numeric_dtype(feats[col]) or pd.api.types.is_bool_dtype(feats[col]):
-            bad = feats[col][pd.to_numeric(feats[col], errors="coerce").isna()].iloc[0] if len(feats) else ""
+            text = feats[col][pd.to_numeric(feats[col], errors="coerce").isna()]
+            bad = text.iloc[0] if len(text) else feats[col].iloc[0]
             raise SpecError("task.dataset", f"feature column {col!r} must be numeric", bad,
                             "encode text columns as numbers first")
         if feats[col].isna().any():
@@ -185,6 +186,8 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise SpecError("task.dataset", "features must be finite", "NaN or inf")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise SpecError("task.dataset", "targets must be finite", "NaN or inf in y")
     kind = task.kind or _infer_kind(y)
     rng = np.random.default_rng(seed)
     if x_test is None:

@@ -40,24 +40,19 @@ class DefineByRun:
         return {**cfg, "trial_number": trial.number, "seed": trial_seed(self.spec.search.seed, trial.number)}
 
 
-def constraints_of(frozen_trial: Any) -> list[float]:
-    """Optuna ``constraints_func``: the violations the searcher stored on the trial."""
-    return list(frozen_trial.user_attrs.get("constraints", []))
-
-
 def make_sampler(spec: Spec):
     import optuna
 
+    # Constraints reach the samplers through Trial.set_constraint (Optuna 5), set by SlimSearch.
     seed = spec.search.seed
-    cf = constraints_of if spec.constraints else None
     if spec.search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=cf, multivariate=True,
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                           n_startup_trials=min(10, max(2, spec.search.trials // 4)))
     if spec.search.sampler == "nsga2":
         pop = max(4, min(50, spec.search.trials // 4))
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cf, population_size=pop)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
     if spec.search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=cf,
+        return optuna.samplers.GPSampler(seed=seed,
                                          n_startup_trials=min(10, max(2, spec.search.trials // 4)))
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -80,8 +75,9 @@ def _searcher(spec: Spec, storage):
                     values = [result.get(m) for m in spec.metric_names]
                     if any(v is None or not math.isfinite(float(v)) for v in values):
                         error, result = True, None  # NaN/inf objective: a failed trial, not a point
-                    elif spec.constraints:
-                        ot_trial.set_user_attr("constraints", spec.constraint_values(result))
+                    else:
+                        for bound, v in zip(spec.constraints, spec.constraint_values(result)):
+                            ot_trial.set_constraint(bound.metric, v)
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return SlimSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes,

@@ -19,7 +19,7 @@ class SpecError(ValueError):
         msg = f"{field}: {rule}, but got {value!r}"
         if fix:
             msg += f"; {fix}"
-        super().__init__(msg)
+        super().__init__(" ".join(msg.splitlines()))  # always one line
 
 
 def closest(name: str, known: Iterable[str]) -> str:

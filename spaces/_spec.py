@@ -83,7 +83,7 @@ class Task:
 
     @property
     def dataset_is_hook(self) -> bool:
-        return bool(_HOOK.match(self.dataset)) and not self.dataset.endswith((".csv", ".npz"))
+        return bool(_HOOK.fullmatch(self.dataset)) and not self.dataset.endswith((".csv", ".npz"))
 
     @property
     def model_is_hook(self) -> bool:
@@ -173,8 +173,9 @@ def _mapping(path: str, raw: Any, known: Mapping[str, Any] | tuple[str, ...] | N
     if known is not None:
         for key in raw:
             if not isinstance(key, str) or key not in known:
+                shown = str(key).encode("unicode_escape").decode()  # keep the message one line
                 raise SpecError(
-                    f"{path}.{key}" if path else str(key), "unknown key", key, closest(str(key), known)
+                    f"{path}.{shown}" if path else shown, "unknown key", key, closest(str(key), known)
                 )
     return raw
 
@@ -222,7 +223,7 @@ def _parse_task(raw: Any) -> Task:
             "task.dataset", "must be digits, mnist1d, a .csv or .npz path, or module:function", dataset
         )
     model = t.get("model", "mlp")
-    if not isinstance(model, str) or not (model in BUILTIN_MODELS or _HOOK.match(model)):
+    if not isinstance(model, str) or not (model in BUILTIN_MODELS or _HOOK.fullmatch(model)):
         raise SpecError("task.model", "must be mlp, cnn or module:function", model)
     target = t.get("target")
     if target is not None and not isinstance(target, str):
@@ -288,7 +289,7 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
     }
     out = []
     for name, value in merged.items():
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_]\w*$", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_]\w*", name):
             raise SpecError(f"space.{name}", "names must be identifiers", name)
         path = f"space.{name}"
         if name in rules:
@@ -352,7 +353,7 @@ def parse_spec(raw: Any) -> Spec:
     """Validate a spec mapping (as loaded from YAML) into a frozen :class:`Spec`."""
     top = _mapping("", raw, TOP_KEYS)
     name = top.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError("name", "must be 1-64 letters, digits, - or _", name)
     if "task" not in top:
         raise SpecError("task", "is required", None, "add task: {dataset: digits, model: mlp}")

@@ -1,0 +1,47 @@
+"""slimtune.compress: compression methods for small PyTorch models.
+
+A method is a frozen config dataclass plus a function ``(model, config) ->
+model`` registered for its type; `compress(model, *configs)` returns a
+compressed copy.  `save` writes one artifact file whose length is the size we
+report; `load` rebuilds a working model from it.
+
+    model = build_model({"arch": "mlp", "input_shape": [64], "output_dim": 10,
+                         "depth": 2, "width": 64})
+    small = compress(model, MagnitudePrune(sparsity=0.8), AffineQuantize(bits=4))
+    nbytes = save(small, "model.slim", metrics={"accuracy": 0.93})
+    again = load("model.slim")
+
+This package imports torch, numpy and the standard library only
+(`StructuredPrune` imports torch_pruning when it runs).
+"""
+
+from ._artifact import dense_bytes, load, read_manifest, save
+from ._config import applied_configs, compress, config_from_json, config_to_json, register
+from ._models import build_model, prunable_modules, recipe_of
+from ._prune import MagnitudePrune, apply_masks_, count_params, sparsity_masks
+from ._quantize import AffineQuantize, QParams
+from ._structured import StructuredPrune
+from ._summary import summary
+
+__all__ = [
+    "AffineQuantize",
+    "MagnitudePrune",
+    "QParams",
+    "applied_configs",
+    "apply_masks_",
+    "build_model",
+    "compress",
+    "config_from_json",
+    "config_to_json",
+    "count_params",
+    "dense_bytes",
+    "load",
+    "prunable_modules",
+    "read_manifest",
+    "recipe_of",
+    "register",
+    "save",
+    "sparsity_masks",
+    "StructuredPrune",
+    "summary",
+]

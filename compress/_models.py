@@ -1,0 +1,163 @@
+"""Build a model from a JSON-able recipe.
+
+The same recipe always builds the same architecture (``load`` relies on it);
+the initial weights come from torch's global RNG, so the caller seeds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from typing import Any
+
+import torch.nn as nn
+
+from ._config import closest
+
+__all__ = ["build_model", "prunable_modules", "recipe_of"]
+
+_KEYS = {
+    "mlp": {"arch", "input_shape", "output_dim", "depth", "width"},
+    "cnn": {"arch", "input_shape", "output_dim", "depth", "width"},
+    # For hooks, input_shape/output_dim/depth/width are optional and only checked;
+    # the hook function receives `config`.
+    "hook": {"arch", "hook", "config", "input_shape", "output_dim", "depth", "width"},
+}
+_REQUIRED = {
+    "mlp": {"arch", "input_shape", "output_dim", "depth", "width"},
+    "cnn": {"arch", "input_shape", "output_dim", "depth", "width"},
+    "hook": {"arch", "hook"},
+}
+# Attribute on which `build_model` records the recipe it was given.
+_RECIPE_ATTR = "slimtune_recipe"
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def build_model(recipe: dict[str, Any]) -> nn.Module:
+    """Build an ``nn.Module`` from ``recipe`` (see the package docstring).
+
+    ``arch`` is ``"mlp"``, ``"cnn"`` or ``"hook"``.  Inputs are float32 tensors
+    of shape ``(batch, *input_shape)``.  The recipe is recorded on the model
+    (``recipe_of(model)``) so later steps need not be handed it again.
+    """
+    _check_recipe(recipe)
+    arch = recipe["arch"]
+    if arch == "mlp":
+        model = _mlp(recipe)
+    elif arch == "cnn":
+        model = _cnn(recipe)
+    else:
+        model = _hook(recipe)
+    object.__setattr__(model, _RECIPE_ATTR, json.loads(json.dumps(recipe)))
+    return model
+
+
+def recipe_of(model: nn.Module) -> dict[str, Any] | None:
+    """The recipe `build_model` recorded on ``model`` (None if not built by it)."""
+    return getattr(model, _RECIPE_ATTR, None)
+
+
+def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every Linear/Conv1d/Conv2d, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def _mlp(recipe: dict[str, Any]) -> nn.Module:
+    width, depth = recipe["width"], recipe["depth"]
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = math.prod(recipe["input_shape"])
+    for _ in range(depth):
+        layers += [nn.Linear(features, width), nn.ReLU()]
+        features = width
+    layers.append(nn.Linear(features, recipe["output_dim"]))
+    return nn.Sequential(*layers)
+
+
+def _cnn(recipe: dict[str, Any]) -> nn.Module:
+    shape = list(recipe["input_shape"])
+    if len(shape) not in (1, 2):
+        raise ValueError(
+            "arch 'cnn' needs `input_shape` with 1 (sequence) or 2 (image) dims, "
+            f"but got input_shape={shape}; use arch 'mlp' for other shapes"
+        )
+    conv = nn.Conv1d if len(shape) == 1 else nn.Conv2d
+    width = recipe["width"]
+    # Flatten first so (batch, *input_shape) and already-flat inputs both work.
+    layers: list[nn.Module] = [nn.Flatten(), nn.Unflatten(1, (1, *shape))]
+    channels = 1
+    for _ in range(recipe["depth"]):
+        stride = tuple(2 if s > 4 else 1 for s in shape)
+        layers += [conv(channels, width, 3, stride=stride, padding=1), nn.ReLU()]
+        shape = [(s + 2 - 3) // st + 1 for s, st in zip(shape, stride)]
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(channels * math.prod(shape), recipe["output_dim"])]
+    return nn.Sequential(*layers)
+
+
+def _hook(recipe: dict[str, Any]) -> nn.Module:
+    hook = recipe["hook"]
+    module_name, _, func_name = hook.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(
+            f"`hook` must look like 'package.module:function', but got hook={hook!r}"
+        )
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"cannot import hook {hook!r} ({e}); make sure the module is importable "
+            "(on PYTHONPATH) and defines that function"
+        ) from e
+    model = func(dict(recipe.get("config", {})))
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"hook {hook!r} must return a torch.nn.Module, but returned {type(model).__name__}"
+        )
+    return model
+
+
+def _check_recipe(recipe: Any) -> None:
+    if not isinstance(recipe, dict):
+        raise TypeError(f"`recipe` must be a dict, but got {type(recipe).__name__}")
+    arch = recipe.get("arch")
+    if arch not in _KEYS:
+        raise ValueError(
+            f"recipe `arch` must be one of {sorted(_KEYS)}, but got arch={arch!r}."
+            f"{closest(arch, _KEYS)}"
+        )
+    for key in recipe:
+        if key not in _KEYS[arch]:
+            raise ValueError(
+                f"unknown recipe key {key!r} for arch {arch!r}; known keys: "
+                f"{sorted(_KEYS[arch])}.{closest(key, _KEYS[arch])}"
+            )
+    for key in sorted(_REQUIRED[arch] - set(recipe)):
+        raise ValueError(f"recipe for arch {arch!r} needs key {key!r}; got keys {sorted(recipe)}")
+    for key in ("output_dim", "depth", "width"):
+        if key in recipe:
+            v = recipe[key]
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"recipe `{key}` must be an int >= 1, but got {key}={v!r}")
+    if "input_shape" in recipe:
+        s = recipe["input_shape"]
+        if not isinstance(s, (list, tuple)) or not s or not all(_is_int(v) and v >= 1 for v in s):
+            raise ValueError(
+                "recipe `input_shape` must be a non-empty list of ints >= 1, e.g. [64] or "
+                f"[8, 8], but got input_shape={s!r}"
+            )
+    if arch == "hook":
+        if not isinstance(recipe["hook"], str):
+            raise TypeError(f"recipe `hook` must be a str, but got hook={recipe['hook']!r}")
+        if not isinstance(recipe.get("config", {}), dict):
+            raise TypeError(
+                f"recipe `config` must be a dict, but got config={recipe['config']!r}"
+            )
+    try:
+        json.dumps(recipe, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`recipe` must be JSON-serialisable ({e}), but got {recipe!r}") from e
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

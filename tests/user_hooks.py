@@ -1,0 +1,49 @@
+"""A user model hook for sweeps: ``task.model: tests.user_hooks:residual_net``.
+
+The hook contract: ``fn(config) -> nn.Module`` where ``config`` holds ``input_shape``,
+``output_dim`` and every parameter of the trial (``depth``, ``width``, user keys, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ResidualNet(nn.Module):
+    def __init__(self, in_dim: int, width: int, out_dim: int, depth: int, gain: float) -> None:
+        super().__init__()
+        self.stem = nn.Linear(in_dim, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.head = nn.Linear(width, out_dim)
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x.flatten(1)))
+        for block in self.blocks:
+            h = h + self.gain * torch.relu(block(h))
+        return self.head(h)
+
+
+def residual_net(config: dict) -> nn.Module:
+    return ResidualNet(math.prod(config["input_shape"]), int(config["width"]), int(config["output_dim"]),
+                       int(config["depth"]), float(config.get("gain", 1.0)))
+
+
+class _NaNOut(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float("nan")
+
+
+def fragile(config: dict) -> nn.Module:
+    """A hostile hook: width 13 raises in user code, width 7 makes the loss NaN."""
+    if config["width"] == 13:
+        raise ValueError("width 13 is unlucky")
+    net = residual_net(config)
+    return _NaNOut(net) if config["width"] == 7 else net
