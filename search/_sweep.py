@@ -128,7 +128,9 @@ def _ray_callback(spec: Spec, out: Path, quiet: bool):
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             res = trial.last_result or {}
             vals = [res.get(m) for m in spec.metric_names]
-            if res.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals):
+            if res.get("phase") == "failed":
+                self._write(self._row(trial, "failed", res.get("error")))
+            elif res.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals):
                 self._write(self._row(trial, "failed", f"objectives not finite or not reported: {dict(zip(spec.metric_names, vals))}"))
             else:
                 self._write(self._row(trial, "ok", None))
@@ -161,7 +163,22 @@ def _error_text(trial) -> str:
 
 
 def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
-    run_trial(config, data, setup)
+    """Run one trial; an exception from the trial itself is reported as a failed result.
+
+    Errors raised by the trial (user code, diverged training, out of memory) are
+    deterministic for its configuration, so they are recorded and never retried. Only
+    failures Ray sees itself (the worker process or its node dies) reach Ray's
+    ``FailureConfig(max_failures=search.retries)`` and are retried.
+    """
+    import traceback
+
+    from ray import tune
+
+    try:
+        run_trial(config, data, setup)
+    except Exception as exc:
+        traceback.print_exc()  # the whole traceback goes to the trial's log
+        tune.report({"phase": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
 
 
 def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> tuple[Data, Path]:
@@ -195,7 +212,8 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(logging_level="ERROR", configure_logging=True)
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # an existing cluster (also: the driver of a Ray job, which has RAY_ADDRESS set)
         ray.init(address=address, **kwargs)
     else:
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
@@ -246,7 +264,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
                                         max_concurrent_trials=spec.search.concurrency),
             run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0,
                                       callbacks=[_ray_callback(spec, out, quiet)],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
         )
         tuner.fit()
     finally:

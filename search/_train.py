@@ -92,7 +92,7 @@ def latency_ms(model: nn.Module, example: np.ndarray, repeats: int = 20) -> floa
     import time
 
     model.eval()
-    x = torch.from_numpy(example[:1])
+    x = torch.from_numpy(np.array(example[:1], dtype=np.float32))
     for _ in range(3):
         model(x)
     times = []

@@ -110,6 +110,7 @@ class Search:
     concurrency: int = 2
     sampler: str = "tpe"
     seed: int = 0
+    retries: int = 2  # re-runs of a trial whose worker process or node died (never for errors it raised)
 
 
 @dataclass(frozen=True)
@@ -329,12 +330,13 @@ def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
 
 
 def _parse_search(raw: Any) -> Search:
-    s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed"))
+    s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed", "retries"))
     return Search(
         trials=_int("search.trials", s.get("trials", 20), 1),
         concurrency=_int("search.concurrency", s.get("concurrency", 2), 1),
         sampler=_one_of("search.sampler", s.get("sampler", "tpe"), SAMPLERS),
         seed=_int("search.seed", s.get("seed", 0), 0),
+        retries=_int("search.retries", s.get("retries", 2), 0),
     )
 
 

@@ -1,0 +1,71 @@
+"""``slimtune sweep`` and ``slimtune results``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slimtune._command import Command
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="YAML spec file")
+    p.add_argument("--out", required=True, help="sweep folder to create (results.parquet, study.db, artifacts/)")
+    p.add_argument("--address", default=None,
+                   help="Ray address to run on (default: RAY_ADDRESS, else a local Ray started for the sweep)")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from search import run_sweep
+    from spaces import load_spec
+
+    spec = load_spec(args.spec)
+    df = run_sweep(spec, args.out, base_dir=Path(args.spec).resolve().parent, quiet=args.quiet,
+                   address=args.address)
+    ok = int((df["status"] == "ok").sum())
+    print(f"{ok}/{len(df)} trials finished; results in {Path(args.out) / 'results.parquet'}")
+    print(f"front: slimtune results {args.out} --pareto")
+    return 0 if ok else 1
+
+
+TABLE_COLUMNS = ["trial_number", "status", "accuracy", "r2", "test_accuracy", "test_r2", "size_bytes",
+                 "dense_bytes", "compression_ratio", "lr", "batch_size", "depth", "width", "epochs",
+                 "prune_method", "sparsity", "bits", "error"]
+
+
+def _results_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="sweep folder")
+    p.add_argument("--pareto", action="store_true", help="only the non-dominated feasible trials")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--all-columns", action="store_true", help="every column (table format shows the main ones)")
+
+
+def _results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from search import load_results, pareto_front
+
+    df = load_results(args.path)
+    if args.pareto:
+        df = pareto_front(df)
+    if args.format == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif args.format == "json":
+        sys.stdout.write(df.to_json(orient="records", indent=2) + "\n")
+    else:
+        cols = list(df.columns) if args.all_columns else [c for c in TABLE_COLUMNS if c in df and df[c].notna().any()]
+        with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None,
+                               "display.float_format", "{:.4g}".format):
+            print(df[cols].to_string(index=False) if len(df) else "(no trials)")
+    return 0
+
+
+COMMANDS = [
+    Command("sweep", "run a sweep from a YAML spec", "example: slimtune sweep examples/digits.yaml --out runs/digits",
+            _sweep_args, _sweep),
+    Command("results", "print a sweep's trials",
+            "examples:\n  slimtune results runs/digits --pareto\n  slimtune results runs/digits --format csv > trials.csv",
+            _results_args, _results),
+]
