@@ -1,10 +1,17 @@
-"""The sweep driver: ``tune.Tuner`` + Optuna, as thin as the two allow."""
+"""The sweep driver: ``tune.Tuner`` + Optuna, as thin as the two allow.
+
+The Optuna study (``study.db``) is the record of a sweep: each trial carries its full
+configuration and, once it ends, its results row (user attributes). ``results.parquet`` is
+that record as a table, rewritten atomically as each trial ends, and rebuilt from the study
+on resume. So a driver killed at any point loses nothing that had finished.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +19,17 @@ from typing import Any
 import pandas as pd
 
 from search._data import Data, load_data
-from search._results import RESULTS, STUDY, SWEEP, load_results, write_atomic, write_results
+from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
-from spaces import TASK_METRIC, Spec, SpecError
+from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
 COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "finetune_epochs", "bits", "per_channel", "symmetric"]
+
+#: Columns a finished trial's row takes from its final report.
+RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
+               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact")
+LOCK = ".lock"
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:
@@ -40,105 +52,127 @@ class DefineByRun:
         return {**cfg, "trial_number": trial.number, "seed": trial_seed(self.spec.search.seed, trial.number)}
 
 
-def make_sampler(spec: Spec):
+def make_sampler(spec: Spec, seed_offset: int = 0):
+    """The spec's sampler. ``seed_offset`` (trials already in the study) keeps a resumed or
+    extended sweep from replaying the first sweep's random start-up points."""
     import optuna
 
     # Constraints reach the samplers through Trial.set_constraint (Optuna 5), set by SlimSearch.
-    seed = spec.search.seed
+    seed = spec.search.seed + seed_offset
+    startup = min(10, max(2, spec.search.trials // 4))
     if spec.search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                          n_startup_trials=min(10, max(2, spec.search.trials // 4)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if spec.search.sampler == "nsga2":
-        pop = max(4, min(50, spec.search.trials // 4))
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.search.trials // 4)))
     if spec.search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed,
-                                         n_startup_trials=min(10, max(2, spec.search.trials // 4)))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _searcher(spec: Spec, storage):
+def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
+             error: str | None) -> dict[str, Any]:
+    """One results row (see :func:`search.load_results` for the schema)."""
+    cfg = dict(config)
+    row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
+                           "status": "failed" if error else "ok", "error": error, "seed": cfg.pop("seed", None)}
+    row.update({k: cfg.get(k) for k in param_names(spec)})
+    row.update({k: v for k, v in cfg.items() if k not in row})
+    if not error:
+        assert result is not None
+        row.update({k: result.get(k) for k in RESULT_KEYS})
+        row["feasible"] = all(b.violation(float(result[b.metric])) <= 0 for b in spec.constraints)
+    return row
+
+
+def outcome(spec: Spec, result: dict[str, Any] | None) -> str | None:
+    """None when ``result`` is a finished trial's final report, else the error text."""
+    if not result:
+        return "the trial's worker process or node died (retries exhausted)"
+    if result.get("phase") == "failed":
+        return str(result.get("error"))
+    vals = {m: result.get(m) for m in spec.metric_names}
+    if result.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals.values()):
+        return f"objectives not finite or not reported: {vals}"
+    return None
+
+
+def _searcher(spec: Spec, storage, seed_offset: int):
     from ray.tune.search.optuna import OptunaSearch
 
     class SlimSearch(OptunaSearch):
-        """OptunaSearch that also tells the study each trial's constraints and Ray id.
+        """OptunaSearch that keeps the study a complete record of the sweep.
 
-        Ray's OptunaSearch tells Optuna only the objective values; constraint values must
-        be on the trial before ``tell`` for Optuna's constrained samplers.
+        Before Optuna is told a trial's outcome, the trial gets its constraint values (for
+        Optuna's constrained samplers), its Ray id and its results row; NaN/inf objectives
+        and errors raised by the trial are told as FAIL.
         """
+
+        def suggest(self, trial_id: str):
+            cfg = super().suggest(trial_id)
+            if cfg is not None:
+                self._ot_trials[trial_id].set_user_attr("config", cfg)
+                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            return cfg
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None:
-                ot_trial.set_user_attr("ray_trial_id", trial_id)
-                if result and not error:
-                    values = [result.get(m) for m in spec.metric_names]
-                    if any(v is None or not math.isfinite(float(v)) for v in values):
-                        error, result = True, None  # NaN/inf objective: a failed trial, not a point
-                    else:
-                        for bound, v in zip(spec.constraints, spec.constraint_values(result)):
-                            ot_trial.set_constraint(bound.metric, v)
+            if ot_trial is not None and trial_id not in self._completed_trials:
+                config = ot_trial.user_attrs.get("config") or (result or {}).get("config") or {}
+                err = outcome(spec, None if error else result)
+                ot_trial.set_user_attr("row", _jsonable(make_row(spec, trial_id, config, result, err)))
+                if err:
+                    error, result = True, None
+                else:
+                    for bound, v in zip(spec.constraints, spec.constraint_values(result)):
+                        ot_trial.set_constraint(bound.metric, v)
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return SlimSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes,
-                      sampler=make_sampler(spec), study_name=spec.name, storage=storage)
+                      sampler=make_sampler(spec, seed_offset), study_name=spec.name, storage=storage)
 
 
-def _ray_callback(spec: Spec, out: Path, quiet: bool):
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget: int, quiet: bool):
     from ray import tune
 
     names = param_names(spec)
-    metric = TASK_METRIC
 
     class ResultsWriter(tune.Callback):
-        """Writes ``results.parquet`` (atomically) each time a trial ends."""
+        """Writes ``results.parquet`` (atomically) each time a trial ends, and a progress line."""
 
         def __init__(self) -> None:
-            self.rows: dict[str, dict[str, Any]] = {}
             self.t0 = time.monotonic()
+            self.session_start = len(rows)
 
-        def _row(self, trial, status: str, error: str | None) -> dict[str, Any]:
-            cfg = dict(trial.config)
-            row: dict[str, Any] = {"trial_id": trial.trial_id, "status": status, "error": error}
-            row["trial_number"] = cfg.pop("trial_number", None)
-            row["seed"] = cfg.pop("seed", None)
-            row.update({k: cfg.get(k) for k in names})
-            if status == "ok":
-                res = trial.last_result or {}
-                for key in ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes",
-                            "dense_bytes", "compression_ratio", "params", "nonzero_params", "latency_ms",
-                            "train_seconds", "node", "artifact"):
-                    row[key] = res.get(key)
-                row["feasible"] = all(b.violation(float(res[b.metric])) <= 0 for b in spec.constraints)
-            return row
-
-        def _write(self, row: dict[str, Any]) -> None:
-            self.rows[row["trial_id"]] = row
-            write_results(out, self.rows.values(), names)
+        def _write(self, trial, result: dict | None, error_text: str | None = None) -> None:
+            err = outcome(spec, result)
+            if err and error_text:
+                err = error_text
+            row = make_row(spec, trial.trial_id, dict(trial.config), result, err)
+            rows[row["trial_id"]] = row
+            write_results(out, rows.values(), names)
             if not quiet:
-                done = len(self.rows)
+                done = len(rows)
                 if row["status"] == "ok":
                     objs = " ".join(f"{m}={_fmt(row.get(m))}" for m in spec.metric_names)
                     msg = f"{objs} ratio={_fmt(row.get('compression_ratio'))}"
                 else:
                     msg = f"FAILED: {row['error']}"
-                print(f"[{done}/{spec.search.trials} {time.monotonic() - self.t0:6.1f}s] "
-                      f"trial {row['trial_number']}: {msg}", flush=True)
+                elapsed = time.monotonic() - self.t0
+                per = elapsed / max(1, done - self.session_start)
+                eta = per * (budget - done)
+                print(f"[{done}/{budget} {elapsed:6.1f}s eta {eta:5.0f}s] trial {row['trial_number']}: {msg}",
+                      flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            res = trial.last_result or {}
-            vals = [res.get(m) for m in spec.metric_names]
-            if res.get("phase") == "failed":
-                self._write(self._row(trial, "failed", res.get("error")))
-            elif res.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals):
-                self._write(self._row(trial, "failed", f"objectives not finite or not reported: {dict(zip(spec.metric_names, vals))}"))
-            else:
-                self._write(self._row(trial, "ok", None))
+            self._write(trial, trial.last_result or None)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._write(self._row(trial, "failed", _error_text(trial)))
+            self._write(trial, None, _error_text(trial))
 
-    del metric
     return ResultsWriter()
 
 
@@ -157,9 +191,8 @@ def _error_text(trial) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
         if ":" in ln and not ln.startswith(("File ", "^", "~")):
-            # Ray wraps the user exception; keep the innermost "Type: message" line.
             return ln[:2000]
-    return (lines[-1] if lines else "trial failed without an error message")[:2000]
+    return (lines[-1] if lines else "the trial's worker process or node died")[:2000]
 
 
 def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
@@ -181,27 +214,106 @@ def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
         tune.report({"phase": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
 
 
-def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> tuple[Data, Path]:
-    """Everything that can fail on bad input, before Ray starts: the folder, the data, the hooks."""
-    out = Path(out).resolve()
-    if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
-        raise SpecError("out", "must not already hold a sweep", str(out), "choose another folder")
-    if out.exists() and not out.is_dir():
-        raise SpecError("out", "must be a folder", str(out))
-    data = load_data(spec.task, spec.search.seed, Path(base_dir) if base_dir else None)
+# ---------------------------------------------------------------------------------------
+# The sweep folder: lock, metadata, and checks that run before Ray starts.
+
+
+class SweepLock:
+    """An exclusive lock on a sweep folder, held while a driver runs in it.
+
+    The lock file records host and pid; a lock left by a process that no longer exists
+    (a killed driver) is taken over.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        self.held = False
+
+    def __enter__(self) -> "SweepLock":
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                    self.path.unlink(missing_ok=True)  # stale: its driver is gone
+                    continue
+                raise SpecError("out", "must not be in use by another sweep driver", str(self.path.parent),
+                                f"held by pid {holder.get('pid')} on {holder.get('host')}; wait for it, "
+                                f"or delete {self.path} if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise SpecError("out", "lock could not be taken", str(self.path))
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_task(spec: Spec, data: Data) -> None:
     want = TASK_METRIC[data.kind]
     for name in spec.metric_names + [b.metric for b in spec.constraints]:
         if name in ("accuracy", "r2") and name != want:
             raise SpecError(f"objectives.{name}", f"this is a {data.kind} task, which reports {want}", name,
                             f"use {want}")
-    if spec.task.model_is_hook:
-        import importlib
+    # Build the model of the spec's first configuration once, so a model hook that does not
+    # import, or returns something that is not an nn.Module, is a bad spec (exit 2), not N failed trials.
+    import compress
+    from search._trial import model_recipe
 
-        module, _, fn = spec.task.model.partition(":")
-        try:
-            getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError) as exc:
-            raise SpecError("task.model", "module:function must be importable", spec.task.model, str(exc)) from None
+    cfg = {**spec.sample(_FirstValues()), "seed": 0, "trial_number": 0}
+    setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
+    try:
+        compress.build_model(model_recipe(setup, data, cfg))
+    except Exception as exc:  # user code: any exception is the user's error to see
+        raise SpecError("task.model", "must build a torch.nn.Module from the trial's config", spec.task.model,
+                        f"{type(exc).__name__}: {exc}") from None
+
+
+class _FirstValues:
+    """A stand-in Optuna trial that draws the first value of every distribution."""
+
+    number = 0
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        return low
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return choices[0]
+
+
+def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> tuple[Data, Path]:
+    """Everything that can fail on bad input, before Ray starts: the folder, the data, the hooks."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise SpecError("out", "must be a folder", str(out))
+    if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
+        raise SpecError("out", "must not already hold a sweep", str(out),
+                        f"choose another folder, or: slimtune resume {out} / slimtune extend {out} --trials N")
+    data = load_data(spec.task, spec.search.seed, Path(base_dir) if base_dir else None)
+    _check_task(spec, data)
     return data, out
 
 
@@ -220,30 +332,18 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
-              address: str | None = None) -> pd.DataFrame:
-    """Run ``spec``'s sweep into folder ``out`` and return its results (see :func:`load_results`).
+def _storage(out: Path):
+    import optuna
 
-    Bad input raises :class:`spaces.SpecError` before Ray starts and before anything is
-    written. Uses the Ray already initialised in this process, else connects to ``address``,
-    else starts a local Ray for the sweep (and shuts it down afterwards).
-    """
+    return optuna.storages.RDBStorage(f"sqlite:///{out / STUDY}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: dict[str, dict[str, Any]],
+           seed_offset: int, session: int, quiet: bool, address: str | None) -> None:
+    """Run ``trials`` more trials of ``spec`` into the sweep folder ``out``."""
     import optuna
     from ray import tune
-
-    data, out = prepare(spec, out, base_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "name": spec.name,
-        "objectives": dict(zip(spec.metric_names, spec.modes)),
-        "constraints": {b.metric: {"min": b.min, "max": b.max} for b in spec.constraints},
-        "params": param_names(spec),
-        "kind": data.kind,
-        "spec": dict(spec.source),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
-    write_results(out, [], param_names(spec))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Per-epoch reports carry validation curves, not the objectives (only the final one
@@ -251,7 +351,6 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     started = _init_ray(address)
     try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{out / STUDY}")
         setup = TrialSetup(out_dir=str(out), model=spec.task.model, kind=data.kind,
                            threads=max(1, int(spec.resources.cpu)))
         trainable = tune.with_resources(
@@ -260,10 +359,10 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         )
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(spec, storage), num_samples=spec.search.trials,
-                                        max_concurrent_trials=spec.search.concurrency),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0,
-                                      callbacks=[_ray_callback(spec, out, quiet)],
+            tune_config=tune.TuneConfig(search_alg=_searcher(spec, _storage(out), seed_offset),
+                                        num_samples=trials, max_concurrent_trials=spec.search.concurrency),
+            run_config=tune.RunConfig(name=f"tune-{session}", storage_path=str(out / "ray"), verbose=0,
+                                      callbacks=[_ray_callback(spec, out, rows, budget, quiet)],
                                       failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
         )
         tuner.fit()
@@ -272,4 +371,81 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
             import ray
 
             ray.shutdown()
+
+
+def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
+              address: str | None = None) -> pd.DataFrame:
+    """Run ``spec``'s sweep into folder ``out`` and return its results (see :func:`load_results`).
+
+    Bad input raises :class:`spaces.SpecError` before Ray starts and before anything is
+    written. Uses the Ray already initialised in this process, else connects to ``address``
+    (or ``RAY_ADDRESS``), else starts a local Ray for the sweep and shuts it down afterwards.
+    """
+    data, out = prepare(spec, out, base_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with SweepLock(out):
+        meta = {
+            "name": spec.name,
+            "objectives": dict(zip(spec.metric_names, spec.modes)),
+            "constraints": {b.metric: {"min": b.min, "max": b.max} for b in spec.constraints},
+            "params": param_names(spec),
+            "kind": data.kind,
+            "trials": spec.search.trials,
+            "sessions": 1,
+            "base_dir": str(Path(base_dir).resolve()) if base_dir else None,
+            "spec": dict(spec.source),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
+        write_results(out, [], param_names(spec))
+        _drive(spec, out, data, spec.search.trials, spec.search.trials, {}, 0, 0, quiet, address)
+    return load_results(out)
+
+
+def study_rows(spec: Spec, study) -> dict[str, dict[str, Any]]:
+    """The results rows recorded in the study, one per trial that ended (ok or failed)."""
+    rows = {}
+    for t in study.trials:
+        row = t.user_attrs.get("row")
+        if row is not None and t.state.is_finished():
+            rows[row["trial_id"]] = row
+    return rows
+
+
+def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
+                 address: str | None = None) -> pd.DataFrame:
+    """Continue the sweep in ``path`` up to its budget (plus ``add_trials`` more).
+
+    Every trial that had ended is kept exactly once (the study is the record and the
+    results table is rebuilt from it); trials that were running when the driver died are
+    marked failed (``interrupted``) in the study and their configurations are queued to run
+    again; the sampler sees every earlier trial. Used by ``slimtune resume`` and
+    ``slimtune extend``.
+    """
+    import optuna
+
+    out = Path(path).resolve()
+    meta = sweep_meta(out)
+    if add_trials < 0:
+        raise SpecError("trials", "must be an integer >= 1", add_trials)
+    spec = parse_spec(meta["spec"])
+    with SweepLock(out):
+        data = load_data(spec.task, spec.search.seed, Path(meta["base_dir"]) if meta.get("base_dir") else None)
+        _check_task(spec, data)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=spec.name, storage=_storage(out))
+        for t in study.trials:
+            if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING) and \
+                    t.user_attrs.get("config") is not None:
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+        rows = study_rows(spec, study)
+        write_results(out, rows.values(), param_names(spec))
+        budget = int(meta["trials"]) + add_trials
+        meta.update(trials=budget, sessions=int(meta.get("sessions", 1)) + 1)
+        write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
+        remaining = budget - len(rows)
+        if remaining > 0:
+            _drive(spec, out, data, remaining, budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address)
     return load_results(out)

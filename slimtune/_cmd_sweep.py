@@ -30,6 +30,39 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="sweep folder")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+
+
+def _extend_args(p: argparse.ArgumentParser) -> None:
+    _resume_args(p)
+    p.add_argument("--trials", type=int, required=True, help="how many trials to add to the budget")
+
+
+def _finish(path: str, df) -> int:
+    ok = int((df["status"] == "ok").sum())
+    print(f"{ok}/{len(df)} trials finished; results in {Path(path) / 'results.parquet'}")
+    return 0 if ok else 1
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from search import resume_sweep
+
+    return _finish(args.path, resume_sweep(args.path, quiet=args.quiet, address=args.address))
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from search import resume_sweep
+    from spaces import SpecError
+
+    if args.trials < 1:
+        raise SpecError("--trials", "must be an integer >= 1", args.trials)
+    return _finish(args.path, resume_sweep(args.path, add_trials=args.trials, quiet=args.quiet,
+                                           address=args.address))
+
+
 TABLE_COLUMNS = ["trial_number", "status", "accuracy", "r2", "test_accuracy", "test_r2", "size_bytes",
                  "dense_bytes", "compression_ratio", "lr", "batch_size", "depth", "width", "epochs",
                  "prune_method", "sparsity", "bits", "error"]
@@ -68,4 +101,8 @@ COMMANDS = [
     Command("results", "print a sweep's trials",
             "examples:\n  slimtune results runs/digits --pareto\n  slimtune results runs/digits --format csv > trials.csv",
             _results_args, _results),
+    Command("resume", "continue a sweep whose driver stopped (killed, rebooted) up to its budget",
+            "example: slimtune resume runs/digits", _resume_args, _resume),
+    Command("extend", "add trials to a sweep; the sampler sees every earlier trial",
+            "example: slimtune extend runs/digits --trials 20", _extend_args, _extend),
 ]

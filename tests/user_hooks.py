@@ -47,3 +47,27 @@ def fragile(config: dict) -> nn.Module:
         raise ValueError("width 13 is unlucky")
     net = residual_net(config)
     return _NaNOut(net) if config["width"] == 7 else net
+
+
+def victim(config: dict) -> nn.Module:
+    """Inside a Ray trial, on the first attempt: publish this worker's pid and wait to be killed.
+
+    ``config["marker_dir"]`` is a folder shared with the test; the test writes ``killed`` there
+    and then SIGKILLs the pid, so the retried trial (a new worker) goes on normally.
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    import ray
+
+    marker = Path(config["marker_dir"])
+    in_trial = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    if in_trial and not (marker / "killed").exists():
+        (marker / "pid").write_text(str(os.getpid()))
+        time.sleep(120)
+    return residual_net(config)
+
+
+def not_a_model(config: dict):
+    return "a string"
