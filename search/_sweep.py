@@ -138,48 +138,37 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget: int, quiet: bool):
     from ray import tune
 
+    from search._progress import Reporter
+
     names = param_names(spec)
+    reporter = Reporter(dict(zip(spec.metric_names, spec.modes)), budget, plain=quiet)
+
+    def running(trials) -> int:
+        return sum(1 for t in trials if t.status == "RUNNING")
 
     class ResultsWriter(tune.Callback):
-        """Writes ``results.parquet`` (atomically) each time a trial ends, and a progress line."""
+        """Writes ``results.parquet`` (atomically) each time a trial ends, and reports progress."""
 
-        def __init__(self) -> None:
-            self.t0 = time.monotonic()
-            self.session_start = len(rows)
-
-        def _write(self, trial, result: dict | None, error_text: str | None = None) -> None:
+        def _write(self, trials, trial, result: dict | None, error_text: str | None = None) -> None:
             err = outcome(spec, result)
             if err and error_text:
                 err = error_text
             row = make_row(spec, trial.trial_id, dict(trial.config), result, err)
             rows[row["trial_id"]] = row
             write_results(out, rows.values(), names)
-            if not quiet:
-                done = len(rows)
-                if row["status"] == "ok":
-                    objs = " ".join(f"{m}={_fmt(row.get(m))}" for m in spec.metric_names)
-                    msg = f"{objs} ratio={_fmt(row.get('compression_ratio'))}"
-                else:
-                    msg = f"FAILED: {row['error']}"
-                elapsed = time.monotonic() - self.t0
-                per = elapsed / max(1, done - self.session_start)
-                eta = per * (budget - done)
-                print(f"[{done}/{budget} {elapsed:6.1f}s eta {eta:5.0f}s] trial {row['trial_number']}: {msg}",
-                      flush=True)
+            reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
+
+        def on_step(self, iteration, trials, **info) -> None:
+            if rows:
+                reporter.tick(list(rows.values()), running(trials))
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self._write(trial, trial.last_result or None)
+            self._write(trials, trial, trial.last_result or None)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._write(trial, None, _error_text(trial))
+            self._write(trials, trial, None, _error_text(trial))
 
     return ResultsWriter()
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _error_text(trial) -> str:
@@ -349,6 +338,8 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     # Per-epoch reports carry validation curves, not the objectives (only the final one
     # does); OptunaSearch reads the objectives from the last report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # slimtune prints its own progress; Ray Tune's (verbose=0) legacy reporter prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = _init_ray(address)
     try:
         setup = TrialSetup(out_dir=str(out), model=spec.task.model, kind=data.kind,

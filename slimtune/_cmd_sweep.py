@@ -14,7 +14,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="sweep folder to create (results.parquet, study.db, artifacts/)")
     p.add_argument("--address", default=None,
                    help="Ray address to run on (default: RAY_ADDRESS, else a local Ray started for the sweep)")
-    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="sweep folder")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
 
 
 def _extend_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,137 @@
+"""Progress of a sweep: counts, time, the front, best accuracy under size budgets.
+
+One function computes it from results rows (live, from the driver's callback, or later
+from ``results.parquet`` for ``slimtune status``); one formats it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from search._results import pareto_front
+
+
+@dataclass(frozen=True)
+class Progress:
+    budget: int
+    ok: int
+    failed: int
+    running: int
+    elapsed_s: float
+    eta_s: float | None
+    front_size: int
+    best_under: tuple[tuple[int, float], ...] = field(default=())  # (size budget in bytes, best metric)
+    metric: str = "accuracy"
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed
+
+
+def size_budgets(sizes: Iterable[float], n: int = 4) -> list[int]:
+    """A few round budgets (powers of 4 bytes) spanning the observed sizes."""
+    sizes = [s for s in sizes if s and math.isfinite(s)]
+    if not sizes:
+        return []
+    lo, hi = math.ceil(math.log(min(sizes), 4)), math.ceil(math.log(max(sizes), 4))
+    return [4**k for k in range(max(lo, hi - n + 1), hi + 1)]
+
+
+def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mapping[str, str], budget: int,
+             running: int = 0, elapsed_s: float = 0.0, session_done: int | None = None) -> Progress:
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    ok = df[df["status"] == "ok"] if len(df) else df
+    n_ok, n_failed = len(ok), len(df) - len(ok)
+    metric = "r2" if "r2" in objectives else "accuracy"
+    front = pareto_front(df, objectives) if len(ok) else ok
+    best = []
+    if len(ok) and metric in ok and "size_bytes" in ok:
+        for b in size_budgets(ok["size_bytes"]):
+            under = ok[ok["size_bytes"] <= b][metric]
+            if len(under):
+                best.append((b, float(under.max())))
+    done = session_done if session_done is not None else len(df)
+    left = max(0, budget - len(df))
+    eta = elapsed_s / done * left if done else None
+    return Progress(budget, n_ok, n_failed, running, elapsed_s, eta, len(front), tuple(best), metric)
+
+
+def _size(b: int) -> str:
+    return f"{b / 1024:g} KiB" if b >= 1024 else f"{b} B"
+
+
+def format_progress(p: Progress) -> list[str]:
+    eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
+    lines = [f"trials {p.finished}/{p.budget} finished ({p.ok} ok, {p.failed} failed), {p.running} running; "
+             f"elapsed {p.elapsed_s:.0f}s, remaining ~{eta}; front {p.front_size}"]
+    if p.best_under:
+        lines.append("best " + p.metric + ": " + ", ".join(f"{v:.4f} under {_size(b)}" for b, v in p.best_under))
+    return lines
+
+
+class Reporter:
+    """Prints progress while a sweep runs.
+
+    On a terminal the status block is redrawn in place; elsewhere (CI, pipes) and with
+    ``plain`` (``--quiet``) one line per finished trial. No colour is ever printed (so
+    ``NO_COLOR`` holds); a terminal only gets cursor movement.
+    """
+
+    def __init__(self, objectives: Mapping[str, str], budget: int, plain: bool = False, stream=None) -> None:
+        self.objectives = dict(objectives)
+        self.budget = budget
+        self.stream = stream or sys.stdout
+        self.tty = (not plain and bool(getattr(self.stream, "isatty", lambda: False)())
+                    and os.environ.get("TERM") != "dumb")
+        self.t0 = time.monotonic()
+        self.drawn = 0
+        self.last_draw = 0.0
+        self.session_done = 0
+
+    def _block(self, rows, running: int) -> list[str]:
+        p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)
+        return format_progress(p)
+
+    def trial_ended(self, row: Mapping[str, Any], rows, running: int) -> None:
+        self.session_done += 1
+        objs = " ".join(f"{m}={_fmt(row.get(m))}" for m in self.objectives)
+        msg = objs if row["status"] == "ok" else f"FAILED: {row['error']}"
+        line = f"trial {row['trial_number']} {row['status']}: {msg}"
+        if self.tty:
+            self._clear()
+            print(line, file=self.stream)
+            self._draw(self._block(rows, running))
+        else:
+            p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)
+            eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
+            print(f"[{p.finished}/{p.budget} {p.elapsed_s:.0f}s eta {eta} front {p.front_size}] {line}",
+                  file=self.stream, flush=True)
+
+    def tick(self, rows, running: int) -> None:
+        """Redraw the block on a terminal, at most once a second."""
+        if not self.tty or time.monotonic() - self.last_draw < 1.0:
+            return
+        self._clear()
+        self._draw(self._block(rows, running))
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self, lines: list[str]) -> None:
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self.drawn = len(lines)
+        self.last_draw = time.monotonic()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
