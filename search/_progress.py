@@ -48,7 +48,10 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
              running: int = 0, elapsed_s: float = 0.0, session_done: int | None = None) -> Progress:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     ok = df[df["status"] == "ok"] if len(df) else df
-    n_ok, n_failed = len(ok), len(df) - len(ok)
+    # Budget counts trainings: ladder rungs (rows with a parent) and skipped configurations do not.
+    own = df[df["parent"].isna()] if "parent" in df else df
+    n_ok = int((own["status"] == "ok").sum()) if len(own) else 0
+    n_failed = int(own["status"].isin(["failed", "stopped"]).sum()) if len(own) else 0
     metric = "r2" if "r2" in objectives else "accuracy"
     front = pareto_front(df, objectives) if len(ok) else ok
     best = []
@@ -57,8 +60,8 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
             under = ok[ok["size_bytes"] <= b][metric]
             if len(under):
                 best.append((b, float(under.max())))
-    done = session_done if session_done is not None else len(df)
-    left = max(0, budget - len(df))
+    done = session_done if session_done is not None else n_ok + n_failed
+    left = max(0, budget - n_ok - n_failed)
     eta = elapsed_s / done * left if done else None
     return Progress(budget, n_ok, n_failed, running, elapsed_s, eta, len(front), tuple(best), metric)
 
@@ -87,13 +90,17 @@ class Reporter:
     def __init__(self, objectives: Mapping[str, str], budget: int, plain: bool = False, stream=None) -> None:
         self.objectives = dict(objectives)
         self.budget = budget
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout at print time (Ray pickles callbacks; streams don't pickle)
         self.tty = (not plain and bool(getattr(self.stream, "isatty", lambda: False)())
                     and os.environ.get("TERM") != "dumb")
         self.t0 = time.monotonic()
         self.drawn = 0
         self.last_draw = 0.0
         self.session_done = 0
+
+    @property
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stdout
 
     def _block(self, rows, running: int) -> list[str]:
         p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)

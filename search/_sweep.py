@@ -70,57 +70,111 @@ def make_sampler(spec: Spec, seed_offset: int = 0):
 
 
 def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
-             error: str | None) -> dict[str, Any]:
+             status: str, error: str | None) -> dict[str, Any]:
     """One results row (see :func:`search.load_results` for the schema)."""
     cfg = dict(config)
     row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
-                           "status": "failed" if error else "ok", "error": error, "seed": cfg.pop("seed", None)}
+                           "status": status, "error": error, "seed": cfg.pop("seed", None)}
     row.update({k: cfg.get(k) for k in param_names(spec)})
     row.update({k: v for k, v in cfg.items() if k not in row})
-    if not error:
+    if status == "ok":
         assert result is not None
         row.update({k: result.get(k) for k in RESULT_KEYS})
         row["feasible"] = all(b.violation(float(result[b.metric])) <= 0 for b in spec.constraints)
     return row
 
 
-def outcome(spec: Spec, result: dict[str, Any] | None) -> str | None:
-    """None when ``result`` is a finished trial's final report, else the error text."""
+def outcome(spec: Spec, result: dict[str, Any] | None) -> tuple[str, str | None]:
+    """``(status, error)`` of a trial from its last report: ok, failed or stopped (early)."""
     if not result:
-        return "the trial's worker process or node died (retries exhausted)"
+        return "failed", "the trial's worker process or node died (retries exhausted)"
     if result.get("phase") == "failed":
-        return str(result.get("error"))
+        return "failed", str(result.get("error"))
+    if result.get("phase") == "train":
+        metric = next((k for k in result if k.startswith("val_") and k != "val_loss"), "val_loss")
+        return "stopped", (f"stopped early at epoch {result.get('epoch')} ({metric}={result.get(metric):.4g}): "
+                           "smaller trials were better")
     vals = {m: result.get(m) for m in spec.metric_names}
     if result.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals.values()):
-        return f"objectives not finite or not reported: {vals}"
-    return None
+        return "failed", f"objectives not finite or not reported: {vals}"
+    return "ok", None
 
 
-def _searcher(spec: Spec, storage, seed_offset: int):
+def _worst(spec: Spec, predicted: dict[str, float]) -> list[float]:
+    """Objective values told for a configuration skipped as infeasible: predicted where
+    known, else the worst plausible value."""
+    worst = {"accuracy": 0.0, "r2": -1.0, "compression_ratio": 0.0}
+    out = []
+    for name, mode in zip(spec.metric_names, spec.modes):
+        if name in predicted:
+            out.append(float(predicted[name]))
+        else:
+            out.append(worst.get(name, 0.0) if mode == "max" else 1e12)
+    return out
+
+
+def _searcher(spec: Spec, storage, seed_offset: int, data: Data, rows: dict[str, dict[str, Any]]):
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    from search._predict import needs_prediction, predict, surely_infeasible
+
+    use_prediction = needs_prediction(spec) or spec.search.early_stop is not None
 
     class SlimSearch(OptunaSearch):
         """OptunaSearch that keeps the study a complete record of the sweep.
 
-        Before Optuna is told a trial's outcome, the trial gets its constraint values (for
-        Optuna's constrained samplers), its Ray id and its results row; NaN/inf objectives
-        and errors raised by the trial are told as FAIL.
+        * Each configuration's size is predicted before training (an untrained model,
+          compressed and written); one that surely breaks a size constraint is told to
+          Optuna as infeasible and never trained, and the next one is asked for.
+        * Before Optuna is told a trial's outcome, the trial gets its constraint values (for
+          Optuna's constrained samplers), its Ray id and its results row; NaN/inf objectives
+          and errors raised by the trial are told as FAIL, early-stopped trials as PRUNED.
         """
 
         def suggest(self, trial_id: str):
-            cfg = super().suggest(trial_id)
-            if cfg is not None:
-                self._ot_trials[trial_id].set_user_attr("config", cfg)
-                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
-            return cfg
+            for _ in range(200):
+                cfg = super().suggest(trial_id)
+                if cfg is None:
+                    return None
+                ot_trial = self._ot_trials[trial_id]
+                if use_prediction:
+                    predicted = predict(spec, data, cfg)
+                    cfg["predicted_size_bytes"] = int(predicted["size_bytes"])
+                    if spec.search.reject_infeasible and surely_infeasible(spec, predicted):
+                        self._skip(trial_id, ot_trial, cfg, predicted)
+                        continue
+                ot_trial.set_user_attr("config", cfg)
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                return cfg
+            raise SpecError("constraints", "must leave some configurations feasible",
+                            "200 configurations in a row predicted infeasible", "relax the constraints or the space")
+
+        def _skip(self, trial_id: str, ot_trial, cfg: dict[str, Any], predicted: dict[str, float]) -> None:
+            broken = ", ".join(f"{b.metric}={predicted[b.metric]:.6g} (min={b.min}, max={b.max})"
+                               for b in spec.constraints if b.metric in predicted)
+            row = make_row(spec, f"skip-{ot_trial.number}", cfg, None, "infeasible",
+                           f"predicted before training: {broken}")
+            ot_trial.set_user_attr("config", cfg)
+            ot_trial.set_user_attr("row", _jsonable(row))
+            ot_trial.set_user_attr("infeasible", True)
+            for bound, v in zip(spec.constraints, spec.constraint_values({**predicted})):
+                ot_trial.set_constraint(bound.metric, v)
+            self._ot_study.tell(ot_trial, _worst(spec, predicted))
+            del self._ot_trials[trial_id]
+            rows[row["trial_id"]] = row
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials:
                 config = ot_trial.user_attrs.get("config") or (result or {}).get("config") or {}
-                err = outcome(spec, None if error else result)
-                ot_trial.set_user_attr("row", _jsonable(make_row(spec, trial_id, config, result, err)))
-                if err:
+                status, err = outcome(spec, None if error else result)
+                ot_trial.set_user_attr("row", _jsonable(make_row(spec, trial_id, config, result, status, err)))
+                if status == "stopped":
+                    self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                    self._completed_trials.add(trial_id)
+                    return
+                if status == "failed":
                     error, result = True, None
                 else:
                     for bound, v in zip(spec.constraints, spec.constraint_values(result)):
@@ -150,10 +204,10 @@ def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget
         """Writes ``results.parquet`` (atomically) each time a trial ends, and reports progress."""
 
         def _write(self, trials, trial, result: dict | None, error_text: str | None = None) -> None:
-            err = outcome(spec, result)
-            if err and error_text:
+            status, err = outcome(spec, result)
+            if status == "failed" and error_text:
                 err = error_text
-            row = make_row(spec, trial.trial_id, dict(trial.config), result, err)
+            row = make_row(spec, trial.trial_id, dict(trial.config), result, status, err)
             rows[row["trial_id"]] = row
             write_results(out, rows.values(), names)
             reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
@@ -348,10 +402,19 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
             tune.with_parameters(_trainable, data=data, setup=setup),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
+        scheduler = None
+        if spec.search.early_stop is not None:
+            from search._early_stop import ParetoHalving, ray_scheduler
+
+            metric = TASK_METRIC[data.kind]
+            es = spec.search.early_stop
+            scheduler = ray_scheduler(ParetoHalving(metric, "max", es.grace_epochs, es.eta, es.min_peers))
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(spec, _storage(out), seed_offset),
-                                        num_samples=trials, max_concurrent_trials=spec.search.concurrency),
+            tune_config=tune.TuneConfig(search_alg=_searcher(spec, _storage(out), seed_offset, data, rows),
+                                        scheduler=scheduler, num_samples=trials,
+                                        max_concurrent_trials=spec.search.concurrency,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=f"tune-{session}", storage_path=str(out / "ray"), verbose=0,
                                       callbacks=[_ray_callback(spec, out, rows, budget, quiet)],
                                       failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
@@ -391,6 +454,11 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         write_results(out, [], param_names(spec))
         _drive(spec, out, data, spec.search.trials, spec.search.trials, {}, 0, 0, quiet, address)
     return load_results(out)
+
+
+def trained(rows) -> int:
+    """How many rows used a training of the budget (not ladder rungs, not skipped configurations)."""
+    return sum(1 for r in rows if r.get("status") in ("ok", "failed", "stopped") and r.get("parent") is None)
 
 
 def study_rows(spec: Spec, study) -> dict[str, dict[str, Any]]:
@@ -436,7 +504,7 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
         budget = int(meta["trials"]) + add_trials
         meta.update(trials=budget, sessions=int(meta.get("sessions", 1)) + 1)
         write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
-        remaining = budget - len(rows)
+        remaining = budget - trained(rows.values())
         if remaining > 0:
             _drive(spec, out, data, remaining, budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address)
     return load_results(out)

@@ -111,6 +111,16 @@ class Search:
     sampler: str = "tpe"
     seed: int = 0
     retries: int = 2  # re-runs of a trial whose worker process or node died (never for errors it raised)
+    ladder: int = 0  # extra compression settings evaluated on each trained model ("train once, compress many")
+    early_stop: "EarlyStop | None" = None  # stop trials that cannot reach the front at their size
+    reject_infeasible: bool = True  # skip, untrained, configurations whose predicted size breaks a constraint
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    grace_epochs: int = 2
+    eta: float = 3.0
+    min_peers: int = 4
 
 
 @dataclass(frozen=True)
@@ -329,14 +339,33 @@ def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
     return prune, quant
 
 
+def _parse_early_stop(raw: Any) -> "EarlyStop | None":
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return EarlyStop()
+    e = _mapping("search.early_stop", raw, ("grace_epochs", "eta", "min_peers"))
+    return EarlyStop(
+        grace_epochs=_int("search.early_stop.grace_epochs", e.get("grace_epochs", 2), 1),
+        eta=_number("search.early_stop.eta", e.get("eta", 3.0), "`eta > 1` must hold", lambda v: v > 1),
+        min_peers=_int("search.early_stop.min_peers", e.get("min_peers", 4), 1),
+    )
+
+
 def _parse_search(raw: Any) -> Search:
-    s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed", "retries"))
+    s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed", "retries", "ladder",
+                                       "early_stop", "reject_infeasible"))
+    if not isinstance(s.get("reject_infeasible", True), bool):
+        raise SpecError("search.reject_infeasible", "must be true or false", s["reject_infeasible"])
     return Search(
         trials=_int("search.trials", s.get("trials", 20), 1),
         concurrency=_int("search.concurrency", s.get("concurrency", 2), 1),
         sampler=_one_of("search.sampler", s.get("sampler", "tpe"), SAMPLERS),
         seed=_int("search.seed", s.get("seed", 0), 0),
         retries=_int("search.retries", s.get("retries", 2), 0),
+        ladder=_int("search.ladder", s.get("ladder", 0), 0),
+        early_stop=_parse_early_stop(s.get("early_stop")),
+        reject_infeasible=s.get("reject_infeasible", True),
     )
 
 
