@@ -428,13 +428,17 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
 
 
 def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
-              address: str | None = None) -> pd.DataFrame:
+              address: str | None = None, warm_start: str | Path | None = None) -> pd.DataFrame:
     """Run ``spec``'s sweep into folder ``out`` and return its results (see :func:`load_results`).
 
     Bad input raises :class:`spaces.SpecError` before Ray starts and before anything is
     written. Uses the Ray already initialised in this process, else connects to ``address``
     (or ``RAY_ADDRESS``), else starts a local Ray for the sweep and shuts it down afterwards.
+    ``warm_start``: an earlier sweep folder whose front configurations are tried first (and
+    whose trials are observations, where task and space are the same).
     """
+    if warm_start is not None:
+        sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, out = prepare(spec, out, base_dir)
     out.mkdir(parents=True, exist_ok=True)
     with SweepLock(out):
@@ -452,6 +456,16 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         }
         write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
         write_results(out, [], param_names(spec))
+        if warm_start is not None:
+            import optuna
+
+            from search._observe import warm_start as seed_study
+
+            study = optuna.create_study(storage=_storage(out), study_name=spec.name,
+                                        directions=["maximize" if m == "max" else "minimize" for m in spec.modes])
+            enqueued, observed = seed_study(study, spec, warm_start)
+            meta["warm_start"] = {"from": str(Path(warm_start).resolve()), "enqueued": enqueued, "observed": observed}
+            write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
         _drive(spec, out, data, spec.search.trials, spec.search.trials, {}, 0, 0, quiet, address)
     return load_results(out)
 

@@ -15,6 +15,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray address to run on (default: RAY_ADDRESS, else a local Ray started for the sweep)")
     p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
+    p.add_argument("--warm-start", default=None, metavar="SWEEP",
+                   help="an earlier sweep folder: its front is tried first, its trials are observations "
+                        "when task and space match")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -23,7 +26,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     df = run_sweep(spec, args.out, base_dir=Path(args.spec).resolve().parent, quiet=args.quiet,
-                   address=args.address)
+                   address=args.address, warm_start=args.warm_start)
     ok = int((df["status"] == "ok").sum())
     print(f"{ok}/{len(df)} trials finished; results in {Path(args.out) / 'results.parquet'}")
     print(f"front: slimtune results {args.out} --pareto")

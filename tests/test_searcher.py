@@ -104,3 +104,38 @@ def test_early_stopping_in_a_sweep_marks_rows_and_prunes_in_the_study(ray_sessio
     study = optuna.load_study(study_name="early", storage=f"sqlite:///{out / 'study.db'}")
     states = {t.number: t.state for t in study.trials}
     assert all(states[n] == optuna.trial.TrialState.PRUNED for n in stopped["trial_number"])
+
+
+def test_warm_start_enqueues_the_earlier_front_and_observes_its_trials(ray_session, tmp_path):
+    a = tmp_path / "a"
+    s = spec_dict("warm-a", trials=3)
+    s["space"]["lr"] = {"log_uniform": [1e-3, 3e-2]}
+    assert main(["sweep", str(write(tmp_path, s)), "--out", str(a), "--quiet"]) == 0
+    from search import pareto_front
+
+    earlier = load_results(a)
+    front = pareto_front(earlier)
+    b = tmp_path / "b"
+    s2 = {**s, "name": "warm-b", "search": {**s["search"], "trials": len(front)}}
+    assert main(["sweep", str(write(tmp_path, s2)), "--out", str(b), "--quiet", "--warm-start", str(a)]) == 0
+    study = optuna.load_study(study_name="warm-b", storage=f"sqlite:///{b / 'study.db'}")
+    observed = [t for t in study.trials if "observed_trial" in t.user_attrs]
+    assert len(observed) == (earlier["status"] == "ok").sum()
+    assert {t.user_attrs["observed_trial"] for t in observed} == set(earlier.loc[earlier["status"] == "ok", "trial_id"])
+    later = load_results(b)
+    assert len(later) == len(front)
+    # the new sweep first ran exactly the earlier front's configurations
+    key = ["lr", "width", "bits"]
+    assert sorted(map(tuple, later[key].astype(str).values)) == sorted(map(tuple, front[key].astype(str).values))
+    import json
+
+    meta = json.loads((b / "sweep.json").read_text())
+    assert meta["warm_start"]["enqueued"] == len(front) and meta["warm_start"]["observed"] == len(observed)
+
+
+def test_warm_start_from_a_missing_sweep_is_bad_input(tmp_path, capsys):
+    s = spec_dict("warm-bad")
+    assert main(["sweep", str(write(tmp_path, s)), "--out", str(tmp_path / "x"), "--warm-start",
+                 str(tmp_path / "nothing")]) == 2
+    assert "slimtune: error: path:" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
