@@ -20,7 +20,7 @@ STUDY = "study.db"
 METRIC_COLUMNS = [
     "accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss",
     "size_bytes", "dense_bytes", "compression_ratio", "params", "nonzero_params",
-    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact",
+    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact", "parent",
 ]
 
 
@@ -65,7 +65,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ===================  ===========================================================
     ``trial_id``         Ray Tune trial id (also the artifact's file stem)
     ``trial_number``     Optuna trial number in ``study.db`` (0, 1, ...)
-    ``status``           ``ok`` | ``failed``
+    ``status``           ``ok`` | ``failed`` | ``stopped`` (early, by the two-objective
+                         stopper) | ``infeasible`` (predicted to break a size constraint;
+                         never trained)
     parameters           one column per sampled or fixed parameter, named as in the
                          spec: ``lr``, ``batch_size``, ``depth``, ``width``,
                          ``weight_decay``, ``epochs``, ``prune_method``, ``sparsity``,
@@ -86,6 +88,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``node``             ``host/node-id`` of the Ray node that ran the trial
     ``error``            error text of a failed trial (None when ok)
     ``artifact``         artifact path relative to the sweep folder (``compress.load`` it)
+    ``parent``           for a ladder rung: the trial number of the trained model it
+                         compresses (None for trials that trained their own model)
+    ``predicted_size_bytes``  size predicted before training (when constraints or early
+                         stopping use it)
     ===================  ===========================================================
     """
     meta = sweep_meta(path)

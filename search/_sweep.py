@@ -24,7 +24,8 @@ from search._trial import TrialSetup, run_trial
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
-COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "finetune_epochs", "bits", "per_channel", "symmetric"]
+COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual", "bits",
+                   "per_channel", "symmetric", "quant_mode", "qat_epochs"]
 
 #: Columns a finished trial's row takes from its final report.
 RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
@@ -180,6 +181,30 @@ def _searcher(spec: Spec, storage, seed_offset: int, data: Data, rows: dict[str,
                     for bound, v in zip(spec.constraints, spec.constraint_values(result)):
                         ot_trial.set_constraint(bound.metric, v)
             super().on_trial_complete(trial_id, result=result, error=error)
+            if result and result.get("ladder") and ot_trial is not None:
+                self._observe_ladder(trial_id, ot_trial.number, result["ladder"])
+
+        def _observe_ladder(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
+            """Each rung (a compression setting of the parent's trained model) becomes a
+            completed trial of the study and a row linked to its parent."""
+            from search._observe import observation
+
+            for k, rung in enumerate(rungs):
+                cfg = dict(rung["config"])
+                status, err = outcome(spec, {**rung, "phase": "final"})
+                if status != "ok":
+                    continue
+                values = [float(rung[m]) for m in spec.metric_names]
+                # Trial numbers are sequential and only this driver writes the study.
+                number = len(self._ot_study.get_trials(deepcopy=False))
+                cfg["trial_number"] = number
+                row = {**make_row(spec, f"{parent_id}-r{k}", cfg, rung, "ok", None), "parent": parent}
+                t = observation(spec, cfg, values, {"config": cfg, "parent": parent, "row": _jsonable(row)},
+                                {b.metric: v for b, v in zip(spec.constraints, spec.constraint_values(rung))})
+                if t is None:
+                    continue
+                self._ot_study.add_trial(t)
+                rows[row["trial_id"]] = row
 
     return SlimSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes,
                       sampler=make_sampler(spec, seed_offset), study_name=spec.name, storage=storage)
@@ -397,7 +422,7 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     started = _init_ray(address)
     try:
         setup = TrialSetup(out_dir=str(out), model=spec.task.model, kind=data.kind,
-                           threads=max(1, int(spec.resources.cpu)))
+                           threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data, setup=setup),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},

@@ -10,22 +10,19 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 import compress
 from search._data import Data
 from search._train import evaluate, latency_ms, train
-
-#: Columns the trial function reports at the end (besides the sampled parameters).
-FINAL_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes",
-              "dense_bytes", "compression_ratio", "params", "nonzero_params", "latency_ms",
-              "train_seconds", "node", "artifact")
-
+from spaces import Spec
 
 @dataclass(frozen=True)
 class TrialSetup:
@@ -35,6 +32,8 @@ class TrialSetup:
     model: str  # mlp | cnn | module:function
     kind: str
     threads: int = 1
+    spec: Spec | None = None  # for the ladder's draws
+    ladder: int = 0
 
 
 def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[str, Any]:
@@ -52,24 +51,125 @@ def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[
     return recipe
 
 
-def compression_configs(config: dict[str, Any]) -> tuple[list, list]:
-    """(prune configs, quantize configs) chosen for this trial."""
-    prune = []
-    if config.get("prune_method", "none") == "magnitude":
-        prune.append(compress.MagnitudePrune(sparsity=float(config["sparsity"])))
-    quant = []
-    if int(config.get("bits", 32)) < 32:
-        quant.append(compress.AffineQuantize(bits=int(config["bits"]),
-                                             per_channel=bool(config.get("per_channel", True)),
-                                             symmetric=bool(config.get("symmetric", False))))
-    return prune, quant
+def compression_configs(config: dict[str, Any]) -> tuple[list, list, list]:
+    """(prune, qat, quantize) configs chosen for this trial.
+
+    ``qat`` holds the `compress.FakeQuantize` of quantization-aware fine-tuning
+    (``quant_mode: qat``), empty for post-training quantization.
+    """
+    prune: list = []
+    method = config.get("prune_method", "none")
+    if method == "magnitude":
+        scope = str(config.get("scope", "global"))
+        if config.get("threshold") is not None:
+            prune.append(compress.MagnitudePrune(threshold=float(config["threshold"]), scope=scope))
+        else:
+            prune.append(compress.MagnitudePrune(sparsity=float(config["sparsity"]), scope=scope))
+    elif method == "structured":
+        prune.append(compress.StructuredPrune(ratio=float(config["sparsity"])))
+    qat: list = []
+    quant: list = []
+    bits = int(config.get("bits", 32))
+    if bits < 32:
+        fields = dict(bits=bits, per_channel=bool(config.get("per_channel", True)),
+                      symmetric=bool(config.get("symmetric", False)))
+        if config.get("quant_mode", "ptq") == "qat":
+            qat.append(compress.FakeQuantize(**fields))
+        quant.append(compress.AffineQuantize(**fields))
+    return prune, qat, quant
+
+
+def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any]) -> tuple[nn.Module, list]:
+    """The compression chosen by ``config``, applied to a trained ``model`` (left unchanged):
+    prune → fine-tune (magnitude: zeros held by masks, or reached along the cubic schedule when
+    ``gradual``) → QAT fine-tune (fake-quantized weights, straight-through gradients) → quantize.
+    Returns (compressed model, configs)."""
+    prune, qat, quant = compression_configs(config)
+    seed = int(config["seed"])
+    ft = int(config.get("finetune_epochs", 0)) if prune else 0
+    magnitude = bool(prune) and isinstance(prune[0], compress.MagnitudePrune)
+    if magnitude and ft and config.get("gradual"):
+        model = compress.compress(model)  # a copy, pruned step by step while it fine-tunes
+        steps = ft * -(-len(data.x_train) // int(train_args["batch_size"]))
+        train(model, data, epochs=ft, after_step=compress.gradual_pruning(model, prune[0], steps),
+              **{**train_args, "seed": seed + 1})
+    else:
+        model = compress.compress(model, *prune)  # a plain copy when nothing is pruned
+        if ft:
+            masks = compress.sparsity_masks(model)
+            train(model, data, epochs=ft, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
+                  **{**train_args, "seed": seed + 1})
+    if qat:
+        masks = compress.sparsity_masks(model)
+        model = compress.compress(model, *qat)
+        train(model, data, epochs=int(config.get("qat_epochs", 1)),
+              after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
+              **{**train_args, "seed": seed + 2})
+    if quant:
+        model = compress.compress(model, *quant)
+    return model, [*prune, *qat, *quant]
+
+
+def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
+            out_dir: str, name: str) -> dict[str, Any]:
+    """Evaluate a compressed model, write its artifact, and return the metrics of a row."""
+    metric = "accuracy" if data.kind == "classification" else "r2"
+    val = evaluate(model, data.x_val, data.y_val, data.kind)
+    test = evaluate(model, data.x_test, data.y_test, data.kind)
+    params, nonzero = compress.count_params(model)
+    rel = Path("artifacts") / f"{name}.slim"
+    path = Path(out_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {metric: val[metric], "loss": val["loss"], f"test_{metric}": test[metric], "test_loss": test["loss"]}
+    size = compress.save(model, path, recipe=recipe, configs=configs, metrics=metrics)
+    dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
+    return {
+        **metrics,
+        "size_bytes": size,
+        "dense_bytes": dense_size,
+        "compression_ratio": dense_size / size,
+        "params": params,
+        "nonzero_params": nonzero,
+        "latency_ms": latency_ms(model, data.x_val),
+        "artifact": str(rel),
+    }
+
+
+def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` more compression settings for the model trained with ``config``: the training
+    parameters are kept, the compression parameters are drawn at random from the spec
+    (seeded by the trial's seed); duplicates of the trial's own setting are dropped."""
+    import optuna
+
+    training = {name for name, _ in spec.space} | {"epochs"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(config["seed"])))
+    seen = {_key(config, training)}
+    rungs = []
+    for _ in range(4 * n):
+        if len(rungs) == n:
+            break
+        study.enqueue_trial({k: v for k, v in config.items() if k in training})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rung = spec.sample(study.ask())
+        if _key(rung, training) in seen:
+            continue
+        seen.add(_key(rung, training))
+        rungs.append({**rung, "seed": int(config["seed"]) + 1000 * (len(rungs) + 1)})
+    return rungs
+
+
+def _key(cfg: dict[str, Any], training: set[str]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in training and k not in ("seed", "trial_number")))
 
 
 def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None) -> dict[str, Any]:
     """Train, compress, evaluate and save one configuration; returns the final metrics.
 
     ``report(metrics)`` is called once per training epoch and once at the end
-    (``ray.tune.report`` inside Ray; any callable in tests).
+    (``ray.tune.report`` inside Ray; any callable in tests). With ``setup.ladder`` the final
+    report also holds ``ladder``: that many more compression settings evaluated on the
+    same trained model (train once, compress many).
     """
     if report is None:
         from ray import tune
@@ -84,52 +184,28 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     np.random.seed(seed % 2**32)
     t0 = time.perf_counter()
     recipe = model_recipe(setup, data, config)
-    model = compress.build_model(recipe)
+    dense = compress.build_model(recipe)
     metric = "accuracy" if data.kind == "classification" else "r2"
 
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
         report({"epoch": epoch, "phase": "train", f"val_{metric}": val[metric], "val_loss": val["loss"]})
 
-    common = dict(lr=float(config["lr"]), batch_size=int(config["batch_size"]),
-                  weight_decay=float(config.get("weight_decay", 0.0)), seed=seed)
-    train(model, data, epochs=int(config["epochs"]), on_epoch=on_epoch, **common)
-    prune, quant = compression_configs(config)
-    if prune:
-        model = compress.compress(model, *prune)
-        ft = int(config.get("finetune_epochs", 0))
-        if ft:
-            masks = compress.sparsity_masks(model)
-            train(model, data, epochs=ft, after_step=lambda m: compress.apply_masks_(m, masks),
-                  **{**common, "seed": seed + 1})
-    if quant:
-        model = compress.compress(model, *quant)
+    train_args = dict(lr=float(config["lr"]), batch_size=int(config["batch_size"]),
+                      weight_decay=float(config.get("weight_decay", 0.0)), seed=seed)
+    train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, **train_args)
+    model, configs = compress_trained(dense, config, data, train_args)
     train_seconds = time.perf_counter() - t0
-
-    val = evaluate(model, data.x_val, data.y_val, data.kind)
-    test = evaluate(model, data.x_test, data.y_test, data.kind)
-    params, nonzero = compress.count_params(model)
-    rel = Path("artifacts") / f"{trial_name}.slim"
-    path = Path(setup.out_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        metric: val[metric], "loss": val["loss"],
-        f"test_{metric}": test[metric], "test_loss": test["loss"],
-    }
-    size = compress.save(model, path, recipe=recipe, configs=[*prune, *quant], metrics=metrics)
-    dense = compress.dense_bytes(model, recipe)
-    final = {
-        **metrics,
-        "phase": "final",
-        "size_bytes": size,
-        "dense_bytes": dense,
-        "compression_ratio": dense / size,
-        "params": params,
-        "nonzero_params": nonzero,
-        "latency_ms": latency_ms(model, data.x_val),
-        "train_seconds": train_seconds,
-        "node": _node(),
-        "artifact": str(rel),
-    }
+    final = {**measure(model, configs, dense, recipe, data, setup.out_dir, trial_name),
+             "phase": "final", "train_seconds": train_seconds, "node": _node()}
+    if setup.ladder and setup.spec is not None:
+        rungs = []
+        for k, rung in enumerate(ladder_configs(setup.spec, config, setup.ladder)):
+            t1 = time.perf_counter()
+            small, rung_configs = compress_trained(dense, rung, data, train_args)
+            rungs.append({"config": rung,
+                          **measure(small, rung_configs, dense, recipe, data, setup.out_dir, f"{trial_name}-r{k}"),
+                          "train_seconds": time.perf_counter() - t1, "node": final["node"]})
+        final["ladder"] = rungs
     report(final)
     return final
 

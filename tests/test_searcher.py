@@ -139,3 +139,36 @@ def test_warm_start_from_a_missing_sweep_is_bad_input(tmp_path, capsys):
                  str(tmp_path / "nothing")]) == 2
     assert "slimtune: error: path:" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_ladder_turns_one_training_into_many_observations(ray_session, tmp_path):
+    s = spec_dict("ladder", trials=2, ladder=3)
+    s["compress"] = {"prune": {"method": {"choice": ["none", "magnitude"]}, "sparsity": {"uniform": [0.3, 0.9]},
+                               "finetune_epochs": 1},
+                     "quantize": {"bits": {"choice": [32, 8, 4, 2]}}}
+    out = tmp_path / "run"
+    assert main(["sweep", str(write(tmp_path, s)), "--out", str(out), "--quiet"]) == 0
+    df = load_results(out)
+    parents = df[df["parent"].isna()]
+    rungs = df[df["parent"].notna()]
+    assert len(parents) == 2 and len(rungs) == 6
+    assert (df["status"] == "ok").all()
+    study = optuna.load_study(study_name="ladder", storage=f"sqlite:///{out / 'study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 8  # each rung is an observation the sampler sees
+    by_number = {t.number: t for t in study.trials}
+    for _, r in rungs.iterrows():
+        parent = parents.set_index("trial_number").loc[int(r["parent"])]
+        # same training, another compression: training parameters equal the parent's
+        assert r["width"] == parent["width"] and r["lr"] == parent["lr"] and r["depth"] == parent["depth"]
+        assert r["trial_id"].startswith(parent["trial_id"] + "-r")
+        assert (out / r["artifact"]).stat().st_size == r["size_bytes"]
+        t = by_number[int(r["trial_number"])]
+        assert t.values == pytest.approx([r["accuracy"], r["size_bytes"]])
+        assert t.params["bits"] == r["bits"]
+    # a rung differs from its parent and from its siblings in compression
+    key = ["prune_method", "sparsity", "bits"]
+    for p, group in rungs.groupby("parent"):
+        own = parents.set_index("trial_number").loc[int(p), key].astype(str).tolist()
+        settings = [tuple(x) for x in group[key].astype(str).values]
+        assert len(set(settings)) == len(settings) and tuple(own) not in settings
