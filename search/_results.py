@@ -88,6 +88,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``node``             ``host/node-id`` of the Ray node that ran the trial
     ``error``            error text of a failed trial (None when ok)
     ``artifact``         artifact path relative to the sweep folder (``compress.load`` it)
+    ``ended_at``         Unix time at which the driver recorded the row
     ``parent``           for a ladder rung: the trial number of the trained model it
                          compresses (None for trials that trained their own model)
     ``predicted_size_bytes``  size predicted before training (when constraints or early

@@ -234,6 +234,9 @@ def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget
                 err = error_text
             row = make_row(spec, trial.trial_id, dict(trial.config), result, status, err)
             rows[row["trial_id"]] = row
+            now = time.time()
+            for r in rows.values():  # this trial and the ladder rungs the searcher just added
+                r.setdefault("ended_at", now)
             write_results(out, rows.values(), names)
             reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
 

@@ -142,6 +142,7 @@ def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str,
     import optuna
 
     training = {name for name, _ in spec.space} | {"epochs"}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(config["seed"])))
     seen = {_key(config, training)}
     rungs = []
