@@ -10,7 +10,7 @@ import hashlib
 import importlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,11 @@ class Data:
     y_test: np.ndarray
     kind: str  # classification | regression
     n_outputs: int  # classes, or 1 for regression
+    #: How a raw row became the model input, and an output a prediction (JSON values):
+    #: ``x_mean``/``x_std`` (a number or one per flattened feature, ``(x - mean) / std``),
+    #: ``classes`` (original label of each output), ``y_mean``/``y_std`` (regression),
+    #: ``target`` (CSV label column). Stored in sweep.json for ``slimtune predict``.
+    preprocess: dict = field(default_factory=dict, compare=False)
 
     @property
     def input_shape(self) -> list[int]:
@@ -134,15 +139,15 @@ def _call_hook(spec: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(out[0]), np.asarray(out[1])
 
 
-def _encode_labels(y: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
+def _encode_labels(y: np.ndarray, kind: str) -> tuple[np.ndarray, int, list | None]:
     if kind == "classification":
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise SpecError("task.target", "classification needs at least 2 classes", classes.tolist())
-        return codes.astype(np.int64), int(len(classes))
+        return codes.astype(np.int64), int(len(classes)), [c.item() if hasattr(c, "item") else c for c in classes]
     if y.dtype.kind not in "iuf":
         raise SpecError("task.kind", "regression needs a numeric target", str(y.dtype))
-    return y.astype(np.float32), 1
+    return y.astype(np.float32), 1, None
 
 
 def _split(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +164,7 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
     """
     x_test = y_test = None
     ds = task.dataset
+    target = None
     if ds == "digits":
         from sklearn.datasets import load_digits
 
@@ -173,7 +179,8 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
         if not path.is_file():
             raise SpecError("task.dataset", "must be an existing file", str(path))
         if ds.endswith(".csv"):
-            x, y, _ = _read_csv(path, task.target)
+            x, y, info = _read_csv(path, task.target)
+            target = info["target"]
         else:
             x, y = _read_npz(path)
     else:
@@ -193,7 +200,8 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
     if x_test is None:
         train_idx, test_idx = _split(len(x), task.test_split, rng)
         x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    all_y, n_out = _encode_labels(np.concatenate([y, y_test]), kind)
+    all_y, n_out, classes = _encode_labels(np.concatenate([y, y_test]), kind)
+    pre: dict = {"x_mean": 0.0, "x_std": 16.0 if ds == "digits" else 1.0, "classes": classes, "target": target}
     y, y_test = all_y[: len(y)], all_y[len(y):]
     train_idx, val_idx = _split(len(x), task.validation_split, rng)
     x_tr, y_tr, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
@@ -204,8 +212,10 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
     if ds not in ("digits", "mnist1d"):  # user data: standardise with training statistics
         mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
         x_tr, x_val, x_test = ((a - mu) / sd for a in (x_tr, x_val, x_test))
+        pre.update(x_mean=mu.reshape(-1).tolist(), x_std=sd.reshape(-1).tolist())
         if kind == "regression":
             ym, ys = y_tr.mean(), y_tr.std() + 1e-8
             y_tr, y_val, y_test = ((a - ym) / ys for a in (y_tr, y_val, y_test))
+            pre.update(y_mean=float(ym), y_std=float(ys))
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out)
+    return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out, pre)

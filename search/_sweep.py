@@ -476,6 +476,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
             "constraints": {b.metric: {"min": b.min, "max": b.max} for b in spec.constraints},
             "params": param_names(spec),
             "kind": data.kind,
+            "preprocess": data.preprocess,
             "trials": spec.search.trials,
             "sessions": 1,
             "base_dir": str(Path(base_dir).resolve()) if base_dir else None,

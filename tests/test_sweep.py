@@ -176,6 +176,13 @@ def test_csv_regression_sweep(ray_session, tmp_path):
     assert (df["status"] == "ok").all() and len(df) == 2
     assert df["r2"].min() > 0.8 and df["test_r2"].notna().all()
     assert df["accuracy"].isna().all()
+    # the training statistics travel with an export: predict on the raw CSV gives prices
+    from search import export_trial, predict_csv
+
+    model = export_trial(out, int(df["trial_number"].iloc[0]), "onnx", tmp_path / "house.onnx")
+    pred = predict_csv(model, tmp_path / "house.csv")["prediction"].to_numpy()
+    r2 = 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert r2 > 0.8
 
 
 def test_user_hooks_for_data_and_model(ray_session, tmp_path):

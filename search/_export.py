@@ -1,0 +1,395 @@
+"""Deployable exports of a sweep's trial, and predictions from them.
+
+Three formats, each carrying the same manifest (JSON, see :func:`export_manifest`):
+
+* ``slim``        the trial's artifact, byte for byte (its length is the trial's ``size_bytes``;
+                  ``compress.load`` reads it), plus the manifest in a sidecar ``<file>.json``;
+* ``torchscript`` ``torch.jit.trace`` of the model, manifest in ``_extra_files["slimtune.json"]``;
+* ``onnx``        ``torch.onnx.export`` (opset 17, dynamic batch), manifest in the model's
+                  ``metadata_props["slimtune"]``. Checked when written: onnxruntime's logits
+                  equal PyTorch's within :data:`ONNX_ATOL` on seeded random inputs.
+
+ONNX and TorchScript hold the model as dense fp32 (the weights after pruning and quantization,
+so the same numbers), so they are larger than the ``slim`` file.
+
+``predict`` reads a CSV of feature columns in training order, applies the training
+preprocessing stored in the manifest and returns class labels (or regression values).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import platform
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from search._results import load_results, pareto_front, sweep_meta, write_atomic
+from spaces import BUILTIN_DATASETS, SpecError
+
+FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
+#: Largest absolute difference allowed between onnxruntime's and PyTorch's logits.
+ONNX_ATOL = 1e-4
+MANIFEST_KEY = "slimtune"  # ONNX metadata_props key
+EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
+EXPORT_VERSION = 1
+_ZIP_MAGIC = b"PK\x03\x04"
+
+#: How the built-in datasets turn a CSV row into the model input, when sweep.json has no
+#: ``preprocess``: digits rows are scikit-learn's ``load_digits().data`` (pixels 0..16,
+#: the model saw them / 16); MNIST-1D rows are the dataset's values as they are.
+BUILTIN_PREPROCESS = {"digits": {"x_mean": 0.0, "x_std": 16.0}, "mnist1d": {"x_mean": 0.0, "x_std": 1.0}}
+
+
+# ------------------------------------------------------------------ export
+
+
+def find_trial(df: pd.DataFrame, trial: str | int) -> pd.Series:
+    """The row of ``df`` named by a trial number (``3``) or a Ray trial id; must have finished."""
+    key = str(trial).strip()
+    number = key.removesuffix(".0")
+    if number.isdigit():
+        rows = df[df["trial_number"] == int(number)]
+    else:
+        rows = df[df["trial_id"].astype(str) == key]
+    if not len(rows):
+        known = ", ".join(str(int(n)) for n in df["trial_number"].dropna()) or "none yet"
+        raise SpecError("--trial", "must be a trial number or trial id of the sweep", key,
+                        f"known trial numbers: {known}")
+    row = rows.iloc[0]
+    if row["status"] != "ok":
+        raise SpecError("--trial", "must be a finished trial (status ok)", key,
+                        f"trial {int(row['trial_number'])} failed: {row['error']}")
+    return row
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is pd.NA or v is pd.NaT:
+        return None
+    return v
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("slimtune", "torch", "numpy", "optuna", "ray", "onnx", "onnxruntime"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def preprocess_of(meta: dict[str, Any], kind: str, n_outputs: int) -> dict[str, Any]:
+    """How ``predict`` turns a CSV row into the model input and an output into a prediction.
+
+    ``x_mean``/``x_std``: a number or one per flattened feature, applied as ``(x - mean) / std``;
+    ``classes``: the label of each output (classification); ``y_mean``/``y_std``: applied as
+    ``y * std + mean`` to the model's output (regression); ``target``: the label column's name,
+    dropped from a predict CSV that has it. Taken from ``sweep.json``'s ``preprocess`` when the
+    sweep stored it, else known for the built-in datasets.
+    """
+    stored = meta.get("preprocess")
+    dataset = str((meta.get("spec") or {}).get("task", {}).get("dataset", ""))
+    if stored is None:
+        if dataset not in BUILTIN_DATASETS:
+            raise SpecError("sweep.json", "must hold the training statistics of the features (key 'preprocess') "
+                            "to export a model trained on user data", dataset,
+                            "re-run the sweep with a slimtune that stores them")
+        stored = BUILTIN_PREPROCESS[dataset]
+    pre = {"x_mean": 0.0, "x_std": 1.0, "classes": None, "y_mean": None, "y_std": None, "target": None}
+    pre.update({k: v for k, v in stored.items() if k in pre})
+    if kind == "classification" and pre["classes"] is None:
+        pre["classes"] = list(range(n_outputs))
+    return pre
+
+
+def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any]:
+    """The manifest an export carries: what the model is, how it was found, how to feed it."""
+    from compress import read_manifest
+
+    meta = sweep_meta(path)
+    art = read_manifest(Path(path) / row["artifact"])
+    recipe = art["recipe"]
+    kind = meta.get("kind", "classification")
+    n_out = int(recipe.get("output_dim", 1))
+    df = load_results(path)
+    front = pareto_front(df)
+    metric_cols = ["accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
+                   "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "feasible"]
+    return {
+        "slimtune_export": EXPORT_VERSION,
+        "format": fmt,
+        "sweep": {"name": meta["name"], "folder": str(Path(path).resolve()), "created": meta.get("created"),
+                  "objectives": meta["objectives"], "constraints": meta.get("constraints", {})},
+        "trial": {"trial_number": int(row["trial_number"]), "trial_id": str(row["trial_id"]),
+                  "seed": _jsonable(row["seed"]), "artifact": str(row["artifact"]),
+                  "on_front": bool(row["trial_id"] in set(front["trial_id"]))},
+        "params": {k: _jsonable(row[k]) for k in meta["params"] if k in row.index},
+        "metrics": {k: _jsonable(row[k]) for k in metric_cols if k in row.index and _jsonable(row[k]) is not None},
+        "model": {"kind": kind, "input_shape": list(recipe["input_shape"]), "n_outputs": n_out,
+                  "recipe": recipe, "configs": art["configs"]},
+        "preprocess": preprocess_of(meta, kind, n_out),
+        "spec": meta.get("spec", {}),
+        "versions": library_versions(),
+        "artifact_versions": art.get("versions", {}),
+    }
+
+
+def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path) -> Path:
+    """Write trial ``trial`` (number or id) of the sweep at ``path`` as ``fmt`` to ``out``."""
+    import compress
+
+    if fmt not in FORMATS:
+        raise SpecError("--format", f"must be one of {', '.join(FORMATS)}", fmt)
+    row = find_trial(load_results(path), trial)
+    artifact = Path(path) / str(row["artifact"])
+    if not artifact.is_file():
+        raise SpecError("artifact", "the trial's artifact file must exist", str(artifact),
+                        "was the sweep folder copied without artifacts/?")
+    out = Path(out)
+    if out.is_dir():
+        raise SpecError("--out", "must be a file path, not a folder", str(out),
+                        f"e.g. {out / ('model' + FORMATS[fmt])}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = export_manifest(path, row, fmt)
+    if fmt == "slim":
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.copyfile(artifact, tmp)
+        tmp.replace(out)
+        write_atomic(sidecar(out), json.dumps(manifest, indent=2).encode())
+        return out
+    model = compress.load(artifact)
+    if fmt == "torchscript":
+        _write_torchscript(model, manifest, out)
+    else:
+        _write_onnx(model, manifest, out)
+    return out
+
+
+def sidecar(path: str | Path) -> Path:
+    """The manifest file beside a ``slim`` export: ``model.slim`` → ``model.slim.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _probe(shape: list[int], n: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+
+
+def _write_torchscript(model, manifest: dict[str, Any], out: Path) -> None:
+    import torch
+
+    example = torch.from_numpy(_probe(manifest["model"]["input_shape"], 2))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        traced = torch.jit.trace(model, example)
+        tmp = out.with_name(f".{out.name}.tmp")
+        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(manifest)})
+    tmp.replace(out)
+
+
+def _write_onnx(model, manifest: dict[str, Any], out: Path) -> None:
+    import io
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    shape = manifest["model"]["input_shape"]
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: no onnxscript needed; our models are plain feed-forward.
+        torch.onnx.export(model, (torch.zeros(1, *shape),), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    probe = _probe(shape)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": probe})[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(probe)).numpy()
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= ONNX_ATOL:
+        raise RuntimeError(f"ONNX export disagrees with PyTorch: max |logit difference| {diff:.3g} > {ONNX_ATOL}")
+    manifest = {**manifest, "check": {"onnxruntime_max_abs_diff": diff, "tolerance": ONNX_ATOL,
+                                      "inputs": f"{len(probe)} seeded standard-normal rows"}}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest)
+    write_atomic(out, proto.SerializeToString())
+
+
+# ------------------------------------------------------------------ load and predict
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A loaded export: ``logits(x)`` maps a float32 array ``(rows, *input_shape)`` to outputs."""
+
+    format: str
+    manifest: dict[str, Any]
+    logits: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.manifest["model"]["input_shape"])
+
+    def model_input(self, features: np.ndarray) -> np.ndarray:
+        """CSV feature rows ``(rows, features)`` → the model's input, preprocessed as in training."""
+        pre = self.manifest["preprocess"]
+        n = math.prod(self.input_shape)
+        x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        if x.shape[1] != n:
+            raise SpecError("data", f"needs {n} feature columns (as in training, same order)",
+                            f"{x.shape[1]} columns")
+        x = (x - np.asarray(pre["x_mean"], dtype=np.float64)) / np.asarray(pre["x_std"], dtype=np.float64)
+        return np.ascontiguousarray(x.reshape(len(x), *self.input_shape), dtype=np.float32)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Class labels (classification) or values in the target's units (regression)."""
+        out = self.logits(self.model_input(features))
+        pre = self.manifest["preprocess"]
+        if self.manifest["model"]["kind"] == "classification":
+            return np.asarray(pre["classes"], dtype=object)[np.argmax(out, axis=1)]
+        y = out.reshape(len(out), -1)[:, 0].astype(np.float64)
+        if pre.get("y_std") is not None:
+            y = y * float(pre["y_std"]) + float(pre.get("y_mean") or 0.0)
+        return y
+
+
+def export_format(path: str | Path) -> str:
+    """``slim``, ``torchscript`` or ``onnx``, from the file's first bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("model", "must be an existing file", str(path))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == _ZIP_MAGIC:
+        return "torchscript"
+    from compress import read_manifest
+
+    try:
+        read_manifest(path)  # any artifact format compress reads
+    except Exception:
+        return "onnx"
+    return "slim"
+
+
+def load_exported(path: str | Path, *, batch: int = 1024) -> Exported:
+    """Load a file written by :func:`export_trial` (any of the three formats)."""
+    fmt = export_format(path)
+    path = Path(path)
+    if fmt == "slim":
+        import compress
+
+        side = sidecar(path)
+        if not side.is_file():
+            raise SpecError("model", "a slim model needs its manifest beside it", str(side),
+                            "write it with `slimtune export`, which puts model.slim.json next to model.slim")
+        manifest = json.loads(side.read_text())
+        model = compress.load(path)
+        run = _torch_runner(model)
+    elif fmt == "torchscript":
+        import torch
+
+        extra = {EXTRA_FILE: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            except Exception as exc:
+                raise SpecError("model", "must be a slimtune export (slim, onnx or torchscript)", str(path),
+                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        if not extra[EXTRA_FILE]:
+            raise SpecError("model", f"a TorchScript file must carry {EXTRA_FILE}", str(path),
+                            "write it with `slimtune export --format torchscript`")
+        manifest = json.loads(extra[EXTRA_FILE])
+        run = _torch_runner(module.eval())
+    else:
+        import onnxruntime as ort
+
+        try:
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise SpecError("model", "must be a slimtune export (slim, onnx or torchscript)", str(path),
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        meta = sess.get_modelmeta().custom_metadata_map
+        if MANIFEST_KEY not in meta:
+            raise SpecError("model", f"an ONNX file must carry metadata_props[{MANIFEST_KEY!r}]", str(path),
+                            "write it with `slimtune export --format onnx`")
+        manifest = json.loads(meta[MANIFEST_KEY])
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {name: x})[0]
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = [run(x[i:i + batch]) for i in range(0, len(x), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, manifest["model"]["n_outputs"]), np.float32)
+
+    return Exported(fmt, manifest, logits)
+
+
+def _torch_runner(model) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def read_features(csv: str | Path, exported: Exported) -> np.ndarray:
+    """The feature rows of a CSV for ``exported``: with or without a header row; a column
+    named as the training target is dropped."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise SpecError("data", "must be an existing CSV file", str(csv))
+    try:
+        first = pd.read_csv(csv, header=None, nrows=1, dtype=str, keep_default_na=False)
+        headerless = len(first) and all(_is_number(v) for v in first.iloc[0])  # the first line is data
+        df = pd.read_csv(csv, header=None if headerless else "infer")
+    except Exception as exc:
+        raise SpecError("data", "must be a readable CSV file", str(csv), str(exc).splitlines()[0]) from None
+    target = exported.manifest["preprocess"].get("target")
+    if target is not None and target in df.columns:
+        df = df.drop(columns=[target])
+    n = math.prod(exported.input_shape)
+    if df.shape[1] != n:
+        raise SpecError("data", f"needs {n} feature columns (as in training, same order)",
+                        f"{df.shape[1]} columns in {csv}")
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            raise SpecError("data", f"feature column {col!r} must be numeric", str(df[col].iloc[0]))
+        if df[col].isna().any():
+            row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
+            raise SpecError("data", f"feature column {col!r} must have no missing values",
+                            f"an empty cell in row {row}")
+    return df.to_numpy(dtype=np.float64)
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def predict_csv(model: str | Path, csv: str | Path) -> pd.DataFrame:
+    """Predictions of the exported ``model`` for each row of ``csv``: one column ``prediction``."""
+    exported = load_exported(model)
+    return pd.DataFrame({"prediction": exported.predict(read_features(csv, exported))})
