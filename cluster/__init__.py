@@ -1,0 +1,51 @@
+"""Ray clusters for sweeps: start one (local nodes or Ray's cluster launcher), submit sweeps as
+Ray jobs, and find their results from the client.
+
+Ray is the engine; this package only starts ``ray start``/``ray up`` and talks to the Jobs API.
+Token authentication stays on (see :mod:`cluster._auth`). State lives in ``$SLIMTUNE_HOME``
+(default ``~/.slimtune``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster import _local, _state
+from cluster._jobs import list_sweeps, logs, progress, resolve_results_path, status, stop, submit
+
+__all__ = ["down", "list_sweeps", "logs", "progress", "recorded", "resolve_results_path", "status", "stop",
+           "submit", "up"]
+
+
+def up(config: str | None = None, **local: Any) -> dict[str, Any]:
+    """Start a cluster and record it: local ``ray start`` nodes, or ``ray up -y config``.
+
+    ``local`` holds the options of :func:`cluster._local.start_local` (``workers``, ``num_cpus``,
+    ``port``, ``dashboard_port``, ``dashboard_host``, ``storage``, ...).
+    """
+    if config:
+        return _local.launcher_up(config)
+    return _local.start_local(**local)
+
+
+def down() -> dict[str, Any] | None:
+    """Stop the recorded cluster (terminate its node processes, or ``ray down -y config``); forget it."""
+    record = _state.read_head()
+    if record is None:
+        return None
+    if record.get("kind") == "launcher":
+        rc = _local.launcher_down(record)
+        if rc != 0:
+            from spaces import SpecError
+
+            raise SpecError("config", "`ray down` must succeed", record["config"], f"it exited with {rc}")
+        record["stopped"] = 1
+    else:
+        record["stopped"] = _local.stop_local(record)
+    _state.clear_head()
+    return record
+
+
+def recorded() -> dict[str, Any] | None:
+    """The cluster ``up`` recorded, if any."""
+    return _state.read_head()

@@ -1,12 +1,12 @@
 """Sweeps: Ray Tune + Optuna over a spec, and their results as one pandas DataFrame."""
 
 from search._data import Data, load_data
-from search._progress import Progress, format_progress, progress
+from search._progress import Progress, format_progress, progress, sweep_progress
 from search._results import load_results, pareto_front
 from search._sweep import prepare, resume_sweep, run_sweep, trial_seed
 from search._train import evaluate, train
 
-__all__ = ["Data", "Progress", "evaluate", "format_progress", "progress", "load_data", "load_results", "pareto_front", "prepare", "resume_sweep", "run_sweep", "train",
+__all__ = ["Data", "Progress", "evaluate", "format_progress", "progress", "sweep_progress", "load_data", "load_results", "pareto_front", "prepare", "resume_sweep", "run_sweep", "train",
            "trial_seed"]
 
 # See and use a sweep's results: plot, report, export, predict.

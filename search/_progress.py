@@ -142,3 +142,23 @@ class Reporter:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def sweep_progress(path, running: int = 0) -> Progress:
+    """The progress of the sweep in folder ``path`` from what it has written (for
+    ``slimtune status`` of a submitted sweep): elapsed time runs from the sweep's creation
+    to its last recorded trial."""
+    import datetime
+
+    from search._results import load_results, sweep_meta
+
+    meta = sweep_meta(path)
+    df = load_results(path)
+    elapsed = 0.0
+    try:
+        created = datetime.datetime.strptime(meta["created"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        if "ended_at" in df and df["ended_at"].notna().any():
+            elapsed = max(0.0, float(df["ended_at"].max()) - created)
+    except (KeyError, ValueError):
+        pass
+    return progress(df, meta["objectives"], int(meta.get("trials", 0)), running, elapsed)

@@ -72,7 +72,7 @@ TABLE_COLUMNS = ["trial_number", "status", "accuracy", "r2", "test_accuracy", "t
 
 
 def _results_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="sweep folder")
+    p.add_argument("path", help="sweep folder, or the id of a sweep submitted to a cluster")
     p.add_argument("--pareto", action="store_true", help="only the non-dominated feasible trials")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--all-columns", action="store_true", help="every column (table format shows the main ones)")
@@ -81,9 +81,10 @@ def _results_args(p: argparse.ArgumentParser) -> None:
 def _results(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from cluster import resolve_results_path
     from search import load_results, pareto_front
 
-    df = load_results(args.path)
+    df = load_results(resolve_results_path(args.path))
     if args.pareto:
         df = pareto_front(df)
     if args.format == "csv":

@@ -12,10 +12,10 @@ import sys
 
 from slimtune import __version__
 from slimtune._command import Command
-from slimtune import _cmd_sweep
+from slimtune import _cmd_cluster, _cmd_report, _cmd_sweep
 
 #: Every module that contributes subcommands, in the order ``--help`` lists them.
-MODULES = [_cmd_sweep]
+MODULES = [_cmd_sweep, _cmd_cluster, _cmd_report]
 
 
 def commands() -> list[Command]:
