@@ -11,17 +11,30 @@ report; `load` rebuilds a working model from it.
     nbytes = save(small, "model.slim", metrics={"accuracy": 0.93})
     again = load("model.slim")
 
+Methods: `MagnitudePrune`, `StructuredPrune`, `AffineQuantize` (PTQ) and
+`FakeQuantize` (QAT, finished by `AffineQuantize`).  Fine-tuning helpers:
+`sparsity_masks`/`apply_masks_`, `gradual_pruning` (cubic schedule).  `summary`
+reports sizes, MACs and latency; `to_int8` runs Linear layers on int8 kernels.
+
 This package imports torch, numpy and the standard library only
 (`StructuredPrune` imports torch_pruning when it runs).
 """
 
 from ._artifact import dense_bytes, load, read_manifest, save
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
+from ._int8 import Int8Linear, to_int8
 from ._models import build_model, prunable_modules, recipe_of
-from ._prune import MagnitudePrune, apply_masks_, count_params, sparsity_masks
-from ._quantize import AffineQuantize, QParams
+from ._prune import (
+    MagnitudePrune,
+    apply_masks_,
+    count_params,
+    cubic_sparsity,
+    gradual_pruning,
+    sparsity_masks,
+)
+from ._quantize import AffineQuantize, FakeQuantize, QParams
 from ._structured import StructuredPrune
-from ._summary import summary
+from ._summary import latency_ms, summary
 
 __all__ = [
     "AffineQuantize",
@@ -34,7 +47,12 @@ __all__ = [
     "config_from_json",
     "config_to_json",
     "count_params",
+    "cubic_sparsity",
     "dense_bytes",
+    "FakeQuantize",
+    "gradual_pruning",
+    "Int8Linear",
+    "latency_ms",
     "load",
     "prunable_modules",
     "read_manifest",
@@ -44,4 +62,5 @@ __all__ = [
     "sparsity_masks",
     "StructuredPrune",
     "summary",
+    "to_int8",
 ]

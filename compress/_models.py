@@ -38,7 +38,9 @@ def build_model(recipe: dict[str, Any]) -> nn.Module:
     """Build an ``nn.Module`` from ``recipe`` (see the package docstring).
 
     ``arch`` is ``"mlp"``, ``"cnn"`` or ``"hook"``.  Inputs are float32 tensors
-    of shape ``(batch, *input_shape)``.  The recipe is recorded on the model
+    of shape ``(batch, *input_shape)``.  ``width`` is one int for every hidden
+    layer or a list with one per layer (``{"depth": 2, "width": [300, 100]}``
+    is LeNet-300-100's shape).  The recipe is recorded on the model
     (``recipe_of(model)``) so later steps need not be handed it again.
     """
     _check_recipe(recipe)
@@ -63,11 +65,16 @@ def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
+def _widths(recipe: dict[str, Any]) -> list[int]:
+    """One width per hidden layer: ``width`` repeated ``depth`` times, or the list itself."""
+    width = recipe["width"]
+    return list(width) if isinstance(width, (list, tuple)) else [width] * recipe["depth"]
+
+
 def _mlp(recipe: dict[str, Any]) -> nn.Module:
-    width, depth = recipe["width"], recipe["depth"]
     layers: list[nn.Module] = [nn.Flatten()]
     features = math.prod(recipe["input_shape"])
-    for _ in range(depth):
+    for width in _widths(recipe):
         layers += [nn.Linear(features, width), nn.ReLU()]
         features = width
     layers.append(nn.Linear(features, recipe["output_dim"]))
@@ -82,11 +89,10 @@ def _cnn(recipe: dict[str, Any]) -> nn.Module:
             f"but got input_shape={shape}; use arch 'mlp' for other shapes"
         )
     conv = nn.Conv1d if len(shape) == 1 else nn.Conv2d
-    width = recipe["width"]
     # Flatten first so (batch, *input_shape) and already-flat inputs both work.
     layers: list[nn.Module] = [nn.Flatten(), nn.Unflatten(1, (1, *shape))]
     channels = 1
-    for _ in range(recipe["depth"]):
+    for width in _widths(recipe):
         stride = tuple(2 if s > 4 else 1 for s in shape)
         layers += [conv(channels, width, 3, stride=stride, padding=1), nn.ReLU()]
         shape = [(s + 2 - 3) // st + 1 for s, st in zip(shape, stride)]
@@ -134,7 +140,18 @@ def _check_recipe(recipe: Any) -> None:
             )
     for key in sorted(_REQUIRED[arch] - set(recipe)):
         raise ValueError(f"recipe for arch {arch!r} needs key {key!r}; got keys {sorted(recipe)}")
+    width = recipe.get("width")
+    if isinstance(width, (list, tuple)):
+        if not width or not all(_is_int(v) and v >= 1 for v in width) or (
+            "depth" in recipe and len(width) != recipe["depth"]
+        ):
+            raise ValueError(
+                "recipe `width` must be an int >= 1 or a list of `depth` ints >= 1 (one per "
+                f"hidden layer), but got width={width!r}, depth={recipe.get('depth')!r}"
+            )
     for key in ("output_dim", "depth", "width"):
+        if key == "width" and isinstance(width, (list, tuple)):
+            continue
         if key in recipe:
             v = recipe[key]
             if not _is_int(v) or v < 1:

@@ -1,4 +1,5 @@
-"""Affine k-bit post-training quantization of Linear/Conv weights.
+"""Affine k-bit quantization of Linear/Conv weights: post-training (PTQ) and
+quantization-aware fine-tuning (QAT).
 
 codes = clamp(round(w / Q + B), 0, 2**k - 1),  dequantized w = (codes - B) * Q
 
@@ -6,6 +7,12 @@ Q (scale, fp32) and the integer zero-point B are per tensor or per output
 channel.  The module keeps running in fp32 on the dequantized weights; the
 quantization parameters are kept in ``module.weight_qparams`` so `save` can
 store the k-bit codes.
+
+QAT: `FakeQuantize` puts a parametrization on each weight, so the forward pass
+sees the quantized weight while the optimizer updates the latent fp32 weight
+(straight-through estimator: the gradient passes the rounding unchanged).
+`AffineQuantize` afterwards removes it and quantizes the latent weight, which
+gives exactly the weights the last QAT forward pass used.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from ._config import register
 from ._models import prunable_modules
 
-__all__ = ["AffineQuantize", "QParams", "choose_qparams", "quantize", "dequantize"]
+__all__ = ["AffineQuantize", "FakeQuantize", "QParams", "choose_qparams", "quantize", "dequantize"]
 
 QPARAMS_ATTR = "weight_qparams"
 
@@ -40,16 +48,45 @@ class AffineQuantize:
     symmetric: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise TypeError(f"`bits` must be an int, but got bits={self.bits!r}")
-        if not 2 <= self.bits <= 8:
-            raise ValueError(
-                f"`2 <= bits <= 8` must hold, but got bits={self.bits}; for fp32 weights "
-                "leave AffineQuantize out"
-            )
-        for name in ("per_channel", "symmetric"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be a bool, but got {name}={getattr(self, name)!r}")
+        _check_quant_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeQuantize:
+    """Prepare quantization-aware training (QAT) of every Linear/Conv weight.
+
+    The forward pass uses the weight quantized as ``AffineQuantize`` with the
+    same fields would quantize it (qparams recomputed from the latent weight at
+    every pass); gradients flow to the latent fp32 weight through a
+    straight-through estimator.  Fine-tune the returned model, then apply
+    ``AffineQuantize`` to it (required before `save`)::
+
+        qat = compress(model, FakeQuantize(bits=4))
+        train(qat, ...)
+        small = compress(qat, AffineQuantize(bits=4))
+    """
+
+    VERSION: ClassVar[int] = 1
+    bits: int = 8
+    per_channel: bool = True
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        _check_quant_fields(self)
+
+
+def _check_quant_fields(config: AffineQuantize | FakeQuantize) -> None:
+    name = type(config).__name__
+    if isinstance(config.bits, bool) or not isinstance(config.bits, int):
+        raise TypeError(f"`bits` must be an int, but got bits={config.bits!r}")
+    if not 2 <= config.bits <= 8:
+        raise ValueError(
+            f"`2 <= bits <= 8` must hold, but got bits={config.bits}; for fp32 weights "
+            f"leave {name} out"
+        )
+    for field in ("per_channel", "symmetric"):
+        if not isinstance(getattr(config, field), bool):
+            raise TypeError(f"`{field}` must be a bool, but got {field}={getattr(config, field)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +143,58 @@ def dequantize(codes: torch.Tensor, qp: QParams) -> torch.Tensor:
     return (codes.float() - qp.zero_point) * qp.scale
 
 
+class _FakeQuant(nn.Module):
+    """Weight parametrization: quantize-dequantize forward, identity gradient."""
+
+    def __init__(self, bits: int, per_channel: bool, symmetric: bool) -> None:
+        super().__init__()
+        self.bits, self.per_channel, self.symmetric = bits, per_channel, symmetric
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        qp = choose_qparams(w, self.bits, self.per_channel, self.symmetric)
+        q = dequantize(quantize(w, qp), qp).to(w.dtype)
+        # Straight-through estimator: the value is exactly q, the gradient w.r.t. w is 1.
+        return q + (w - w.detach())
+
+
+@register(FakeQuantize)
+def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
+    for _, module in prunable_modules(model):
+        _remove_fake_quant(module)
+        parametrize.register_parametrization(
+            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric)
+        )
+    return model
+
+
+def _remove_fake_quant(module: nn.Module) -> None:
+    """Drop a `FakeQuantize` parametrization, keeping the latent fp32 weight."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return
+    if set(module.parametrizations) != {"weight"} or not all(
+        isinstance(p, _FakeQuant) for p in module.parametrizations["weight"]
+    ):
+        raise ValueError(
+            f"{type(module).__name__} has a parametrization slimtune did not add; "
+            "remove it (torch.nn.utils.parametrize.remove_parametrizations) before compressing"
+        )
+    # By hand, not parametrize.remove_parametrizations: that deletes the `weight`
+    # property from the parametrized class, which deep copies of the module share.
+    latent = module.parametrizations["weight"].original
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    module.register_parameter("weight", latent)
+
+
+def is_fake_quantized(model: nn.Module) -> bool:
+    """True while a `FakeQuantize` (QAT) parametrization is on some weight."""
+    return any(parametrize.is_parametrized(m, "weight") for _, m in prunable_modules(model))
+
+
 @register(AffineQuantize)
 def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
+        _remove_fake_quant(module)
         w = module.weight
         qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric)
         with torch.no_grad():

@@ -60,6 +60,8 @@ def ray_scheduler(rule: ParetoHalving, size_key: str = "predicted_size_bytes"):
             value = result.get(f"val_{rule.metric}")
             if result.get("phase") != "train" or value is None:
                 return TrialScheduler.CONTINUE
+            if int(result["epoch"]) >= int(trial.config.get("epochs", 0)):
+                return TrialScheduler.CONTINUE  # training is done: stopping now saves nothing
             size = float(trial.config.get(size_key) or 0.0)
             if rule.decide(trial.trial_id, int(result["epoch"]), size, float(value)):
                 return TrialScheduler.STOP

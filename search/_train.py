@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -84,24 +84,3 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, kind: str) -> dict[
     ss_tot = float(((yt - yt.mean()) ** 2).sum())
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else -math.inf)
     return {"loss": loss, "r2": r2}
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, example: np.ndarray, repeats: int = 20) -> float:
-    """Median CPU wall time of one forward pass at batch size 1, in milliseconds."""
-    import time
-
-    model.eval()
-    x = torch.from_numpy(np.array(example[:1], dtype=np.float32))
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
-def finite_metrics(metrics: Mapping[str, float]) -> bool:
-    return all(math.isfinite(v) for v in metrics.values())

@@ -21,7 +21,7 @@ from torch import nn
 
 import compress
 from search._data import Data
-from search._train import evaluate, latency_ms, train
+from search._train import evaluate, train
 from spaces import Spec
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ def compression_configs(config: dict[str, Any]) -> tuple[list, list, list]:
     (``quant_mode: qat``), empty for post-training quantization.
     """
     prune: list = []
-    method = config.get("prune_method", "none")
+    method = _given(config, "prune_method", "none")
     if method == "magnitude":
-        scope = str(config.get("scope", "global"))
-        if config.get("threshold") is not None:
+        scope = str(_given(config, "scope", "global"))
+        if _given(config, "threshold") is not None:
             prune.append(compress.MagnitudePrune(threshold=float(config["threshold"]), scope=scope))
         else:
             prune.append(compress.MagnitudePrune(sparsity=float(config["sparsity"]), scope=scope))
@@ -69,14 +69,20 @@ def compression_configs(config: dict[str, Any]) -> tuple[list, list, list]:
         prune.append(compress.StructuredPrune(ratio=float(config["sparsity"])))
     qat: list = []
     quant: list = []
-    bits = int(config.get("bits", 32))
+    bits = int(_given(config, "bits", 32))
     if bits < 32:
-        fields = dict(bits=bits, per_channel=bool(config.get("per_channel", True)),
-                      symmetric=bool(config.get("symmetric", False)))
-        if config.get("quant_mode", "ptq") == "qat":
+        fields = dict(bits=bits, per_channel=bool(_given(config, "per_channel", True)),
+                      symmetric=bool(_given(config, "symmetric", False)))
+        if _given(config, "quant_mode", "ptq") == "qat":
             qat.append(compress.FakeQuantize(**fields))
         quant.append(compress.AffineQuantize(**fields))
     return prune, qat, quant
+
+
+def _given(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    """``config[key]``, or ``default`` where the key is missing or empty (None/NaN: not applied)."""
+    value = config.get(key)
+    return default if value is None or (isinstance(value, float) and value != value) else value
 
 
 def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any]) -> tuple[nn.Module, list]:
@@ -86,9 +92,9 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     Returns (compressed model, configs)."""
     prune, qat, quant = compression_configs(config)
     seed = int(config["seed"])
-    ft = int(config.get("finetune_epochs", 0)) if prune else 0
+    ft = int(_given(config, "finetune_epochs", 0)) if prune else 0
     magnitude = bool(prune) and isinstance(prune[0], compress.MagnitudePrune)
-    if magnitude and ft and config.get("gradual"):
+    if magnitude and ft and _given(config, "gradual", False):
         model = compress.compress(model)  # a copy, pruned step by step while it fine-tunes
         steps = ft * -(-len(data.x_train) // int(train_args["batch_size"]))
         train(model, data, epochs=ft, after_step=compress.gradual_pruning(model, prune[0], steps),
@@ -102,7 +108,7 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
-        train(model, data, epochs=int(config.get("qat_epochs", 1)),
+        train(model, data, epochs=int(_given(config, "qat_epochs", 1)),
               after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
               **{**train_args, "seed": seed + 2})
     if quant:
@@ -130,7 +136,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
         "compression_ratio": dense_size / size,
         "params": params,
         "nonzero_params": nonzero,
-        "latency_ms": latency_ms(model, data.x_val),
+        "latency_ms": compress.latency_ms(model, data.input_shape),
         "artifact": str(rel),
     }
 

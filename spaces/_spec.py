@@ -36,7 +36,8 @@ TASK_METRIC = {"classification": "accuracy", "regression": "r2"}
 BUILTIN_DATASETS = ("digits", "mnist1d")
 BUILTIN_MODELS = ("mlp", "cnn")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-PRUNE_METHODS = ("none", "magnitude")
+PRUNE_METHODS = ("none", "magnitude", "structured")
+QUANT_MODES = ("ptq", "qat")
 #: Hyperparameters the built-in models and the trainer understand, with their defaults.
 SPACE_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -92,16 +93,21 @@ class Task:
 
 @dataclass(frozen=True)
 class Prune:
-    method: Param = Fixed("none")
-    sparsity: Param = Fixed(0.5)
+    method: Param = Fixed("none")  # none | magnitude | structured
+    sparsity: Param = Fixed(0.5)  # magnitude: fraction of weights zeroed; structured: of channels removed
     finetune_epochs: Param = Fixed(0)
+    threshold: Param | None = None  # set: magnitude pruning zeroes |w| < threshold instead of a fraction
+    scope: Param = Fixed("global")  # magnitude: rank all weights together (global) or per tensor (layer)
+    gradual: Param = Fixed(False)  # magnitude: reach the sparsity along the cubic schedule while fine-tuning
 
 
 @dataclass(frozen=True)
 class Quantize:
-    bits: Param = Fixed(32)
+    bits: Param = Fixed(32)  # 2..8, or 32 = no quantization
     per_channel: Param = Fixed(True)
     symmetric: Param = Fixed(False)
+    mode: Param = Fixed("ptq")  # ptq | qat (fake-quant fine-tuning for qat_epochs, then quantize)
+    qat_epochs: Param = Fixed(1)
 
 
 @dataclass(frozen=True)
@@ -153,21 +159,35 @@ class Spec:
     def sample(self, trial: Any) -> dict[str, Any]:
         """The define-by-run function: draw one configuration from an Optuna-style ``trial``.
 
-        Conditional parameters are drawn only where they apply: ``sparsity`` and
-        ``finetune_epochs`` only when ``prune_method != "none"``; ``per_channel`` and
-        ``symmetric`` only when ``bits < 32``. Returns every parameter, drawn or fixed,
-        named as in the results table.
+        Conditional parameters are drawn only where they apply: ``finetune_epochs`` when
+        ``prune_method != "none"``; ``threshold`` (when the spec sets one) instead of
+        ``sparsity`` for magnitude pruning, ``sparsity`` otherwise; ``scope`` for magnitude
+        pruning, and ``gradual`` for it when ``finetune_epochs > 0``; ``per_channel``,
+        ``symmetric`` and ``quant_mode`` when ``bits < 32``; ``qat_epochs`` when
+        ``quant_mode == "qat"``. Returns every parameter, drawn or fixed, named as in the
+        results table.
         """
         cfg: dict[str, Any] = {name: suggest(trial, name, p) for name, p in self.space}
         cfg["epochs"] = suggest(trial, "epochs", self.task.epochs)
-        cfg["prune_method"] = suggest(trial, "prune_method", self.prune.method)
-        if cfg["prune_method"] != "none":
-            cfg["sparsity"] = suggest(trial, "sparsity", self.prune.sparsity)
-            cfg["finetune_epochs"] = suggest(trial, "finetune_epochs", self.prune.finetune_epochs)
-        cfg["bits"] = suggest(trial, "bits", self.quantize.bits)
+        pr, qu = self.prune, self.quantize
+        method = cfg["prune_method"] = suggest(trial, "prune_method", pr.method)
+        if method != "none":
+            if method == "magnitude" and pr.threshold is not None:
+                cfg["threshold"] = suggest(trial, "threshold", pr.threshold)
+            else:
+                cfg["sparsity"] = suggest(trial, "sparsity", pr.sparsity)
+            if method == "magnitude":
+                cfg["scope"] = suggest(trial, "scope", pr.scope)
+            cfg["finetune_epochs"] = suggest(trial, "finetune_epochs", pr.finetune_epochs)
+            if method == "magnitude" and cfg["finetune_epochs"] > 0:
+                cfg["gradual"] = suggest(trial, "gradual", pr.gradual)
+        cfg["bits"] = suggest(trial, "bits", qu.bits)
         if cfg["bits"] < 32:
-            cfg["per_channel"] = suggest(trial, "per_channel", self.quantize.per_channel)
-            cfg["symmetric"] = suggest(trial, "symmetric", self.quantize.symmetric)
+            cfg["per_channel"] = suggest(trial, "per_channel", qu.per_channel)
+            cfg["symmetric"] = suggest(trial, "symmetric", qu.symmetric)
+            cfg["quant_mode"] = suggest(trial, "quant_mode", qu.mode)
+            if cfg["quant_mode"] == "qat":
+                cfg["qat_epochs"] = suggest(trial, "qat_epochs", qu.qat_epochs)
         return cfg
 
     def constraint_values(self, metrics: Mapping[str, float]) -> list[float]:
@@ -313,29 +333,62 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
 
 def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
     c = _mapping("compress", raw or {}, ("prune", "quantize"))
-    p = _mapping("compress.prune", c.get("prune") or {}, ("method", "sparsity", "finetune_epochs"))
-    q = _mapping("compress.quantize", c.get("quantize") or {}, ("bits", "per_channel", "symmetric"))
+    p = _mapping("compress.prune", c.get("prune") or {},
+                 ("method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual"))
+    q = _mapping("compress.quantize", c.get("quantize") or {},
+                 ("bits", "per_channel", "symmetric", "mode", "qat_epochs"))
+    boolean = (lambda v: isinstance(v, bool), "must be true or false")
+    method = _param("compress.prune.method", p.get("method", "none" if not p else "magnitude"),
+                    lambda v: v in PRUNE_METHODS, f"must be one of {', '.join(PRUNE_METHODS)}")
+    if isinstance(method, Choice) and len(method.values) == 1:
+        method = Fixed(method.values[0])
+    methods = {method.value} if isinstance(method, Fixed) else set(method.values)
+    threshold = None
+    if "threshold" in p:
+        threshold = _param("compress.prune.threshold", p["threshold"],
+                           lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
+                           "`threshold >= 0` (finite) must hold")
     prune = Prune(
-        method=_param("compress.prune.method", p.get("method", "none" if not p else "magnitude"),
-                      lambda v: v in PRUNE_METHODS, f"must be one of {', '.join(PRUNE_METHODS)}"),
+        method=method,
         sparsity=_param("compress.prune.sparsity", p.get("sparsity", 0.5),
                         lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
                         "`0 <= sparsity < 1` must hold"),
         finetune_epochs=_param("compress.prune.finetune_epochs", p.get("finetune_epochs", 0),
                                lambda v: _is_int(v) and v >= 0, "must be an integer >= 0", True),
+        threshold=threshold,
+        scope=_param("compress.prune.scope", p.get("scope", "global"), lambda v: v in ("global", "layer"),
+                     "must be one of global, layer"),
+        gradual=_param("compress.prune.gradual", p.get("gradual", False), *boolean),
     )
+    # Each key must apply to some method the spec can choose.
+    if "sparsity" in p and methods == {"none"}:
+        raise SpecError("compress.prune.sparsity", "is only used when method is not none", p["sparsity"],
+                        "set method: magnitude or remove sparsity")
+    if "sparsity" in p and threshold is not None and "structured" not in methods:
+        raise SpecError("compress.prune.sparsity", "is not used when threshold is set (magnitude pruning "
+                        "then zeroes |w| < threshold)", p["sparsity"], "remove sparsity or threshold")
+    for key in ("threshold", "scope", "gradual"):
+        if key in p and "magnitude" not in methods:
+            raise SpecError(f"compress.prune.{key}", "is only used when method is magnitude", p[key],
+                            f"set method: magnitude or remove {key}")
     bits_ok = lambda v: _is_int(v) and (2 <= v <= 8 or v == 32)  # noqa: E731
     quant = Quantize(
         bits=_param("compress.quantize.bits", q.get("bits", 32), bits_ok,
                     "bits must be an integer in 2..8, or 32 for no quantization", True),
-        per_channel=_param("compress.quantize.per_channel", q.get("per_channel", True),
-                           lambda v: isinstance(v, bool), "must be true or false"),
-        symmetric=_param("compress.quantize.symmetric", q.get("symmetric", False),
-                         lambda v: isinstance(v, bool), "must be true or false"),
+        per_channel=_param("compress.quantize.per_channel", q.get("per_channel", True), *boolean),
+        symmetric=_param("compress.quantize.symmetric", q.get("symmetric", False), *boolean),
+        mode=_param("compress.quantize.mode", q.get("mode", "ptq"), lambda v: v in QUANT_MODES,
+                    f"must be one of {', '.join(QUANT_MODES)}"),
+        qat_epochs=_param("compress.quantize.qat_epochs", q.get("qat_epochs", 1),
+                          lambda v: _is_int(v) and v >= 1, "must be an integer >= 1 (mode: ptq for none)", True),
     )
     if isinstance(quant.bits, IntRange):
         raise SpecError("compress.quantize.bits", "must be fixed or a choice (9..31 are not valid)",
                         {"int": [quant.bits.low, quant.bits.high]}, "use {choice: [...]}")
+    modes = {quant.mode.value} if isinstance(quant.mode, Fixed) else set(quant.mode.values)
+    if "qat_epochs" in q and "qat" not in modes:
+        raise SpecError("compress.quantize.qat_epochs", "is only used when mode is qat", q["qat_epochs"],
+                        "set mode: qat or remove qat_epochs")
     return prune, quant
 
 
@@ -393,13 +446,6 @@ def parse_spec(raw: Any) -> Spec:
     constraints = _parse_constraints(top.get("constraints"))
     space = _parse_space(top.get("space"), task.model_is_hook)
     prune, quant = _parse_compress(top.get("compress"))
-    if isinstance(prune.method, Fixed) and prune.method.value == "none" and "compress" in top:
-        p = (top.get("compress") or {}).get("prune") or {}
-        if "sparsity" in p:
-            raise SpecError("compress.prune.sparsity", "is only used when method is not none", p["sparsity"],
-                            "set method: magnitude or remove sparsity")
-    if isinstance(prune.method, Choice) and len(prune.method.values) == 1:
-        prune = Prune(Fixed(prune.method.values[0]), prune.sparsity, prune.finetune_epochs)
     return Spec(
         name=name,
         task=task,

@@ -20,8 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import compress
-from compress import AffineQuantize, MagnitudePrune, StructuredPrune
-from compress._artifact import _varint_decode, _varint_encode, pack_bits, unpack_bits
+from compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune
+from compress._artifact import (
+    _rice_decode,
+    _rice_encode,
+    _varint_decode,
+    _varint_encode,
+    pack_bits,
+    unpack_bits,
+)
 from compress._quantize import choose_qparams, dequantize, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +74,14 @@ METHODS = {
         MagnitudePrune(sparsity=0.5),
         AffineQuantize(bits=4),
     ),
+    # QAT = FakeQuantize (fine-tuning would happen here) then AffineQuantize.
+    "qat4": (FakeQuantize(bits=4), AffineQuantize(bits=4)),
+    "prune_then_qat3_tensor_sym": (
+        MagnitudePrune(threshold=0.05),
+        FakeQuantize(bits=3, per_channel=False, symmetric=True),
+        AffineQuantize(bits=3, per_channel=False, symmetric=True),
+    ),
+    "structured_then_qat8": (StructuredPrune(ratio=0.5), FakeQuantize(bits=8), AffineQuantize(bits=8)),
 }
 ALL_CONFIGS = sorted({c for cs in METHODS.values() for c in cs}, key=repr)
 
@@ -176,14 +191,75 @@ def test_pruned_zeros_are_not_stored_as_dense_floats(tmp_path: Path) -> None:
 
 
 def test_sparse_layout_picks_smaller_index_encoding(tmp_path: Path) -> None:
-    # Very sparse -> delta indices beat a bitmask; half sparse -> bitmask wins.
-    _, model, _ = make("mlp")
-    for sparsity, layout in [(0.99, "delta"), (0.5, "bitmask")]:
+    # Very sparse -> run-length (Rice-coded gaps) beats a bitmask; half sparse -> bitmask wins.
+    _, model, x = make("mlp")
+    for sparsity, layout in [(0.99, "rice"), (0.9, "rice"), (0.5, "bitmask")]:
         small = compress.compress(model, MagnitudePrune(sparsity=sparsity, scope="layer"))
         compress.save(small, tmp_path / "m.slim")
         man = compress.read_manifest(tmp_path / "m.slim")
         first = next(t for t in man["tensors"] if t["name"] == "1.weight")
         assert first["layout"] == layout
+        assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(small, x))
+
+
+def test_rice_index_is_near_the_entropy_of_random_gaps() -> None:
+    # Non-zeros at density p: gaps are geometric; Golomb-Rice gets within ~3% of their
+    # entropy H(p)/p bits per non-zero, where LEB128 varints spend >= 8 bits.
+    rng = np.random.default_rng(0)
+    p, n = 0.05, 200_000
+    mask = rng.random(n) < p
+    gaps = np.diff(np.flatnonzero(mask), prepend=-1) - 1
+    entropy_bits = n * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    rice = _rice_encode(gaps)
+    assert 8 * len(rice) <= 1.03 * entropy_bits
+    assert len(rice) < 0.8 * len(_varint_encode(gaps))
+    assert np.array_equal(_rice_decode(rice), gaps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**40), max_size=40))
+def test_rice_round_trips(values: list[int]) -> None:
+    arr = np.array(values, dtype=np.uint64)
+    assert _rice_decode(_rice_encode(arr)).tolist() == values
+
+
+def test_artifact_is_lzma_coded_when_shorter_and_dense_reference_is_not(tmp_path: Path) -> None:
+    recipe, model, _ = make("mlp")
+    small = compress.compress(model, MagnitudePrune(sparsity=0.9), AffineQuantize(bits=4))
+    compress.save(small, tmp_path / "m.slim")
+    blob = (tmp_path / "m.slim").read_bytes()
+    assert blob[:8] == b"SLIMTUN\x02" and blob[8] == 1  # format 2, codec 1 = LZMA2
+    dense_blob = compress._artifact._encode(model, recipe, [], None, dense=True)
+    assert dense_blob[8] == 0 and len(dense_blob) == compress.dense_bytes(model, recipe)
+
+
+def test_peaked_codes_are_stored_one_per_byte_for_lzma(tmp_path: Path) -> None:
+    # Laplace-distributed weights give peaked 6-bit codes, which LZMA codes better byte-aligned.
+    recipe, model, x = make("mlp")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in compress.prunable_modules(model):
+            u = torch.rand(m.weight.shape, generator=gen) - 0.5
+            m.weight.copy_(-0.05 * u.sign() * torch.log1p(-2 * u.abs()))
+    small = compress.compress(model, AffineQuantize(bits=6, per_channel=False))
+    compress.save(small, tmp_path / "m.slim")
+    packings = {t.get("packing") for t in compress.read_manifest(tmp_path / "m.slim")["tensors"]
+                if t["values"] == "codes"}
+    assert packings == {"bytes"}
+    assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(small, x))
+
+
+def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
+    # Format 1: b"SLIMTUNE" | uint32 | manifest (with "compression") | data.
+    recipe, model, x = make("cnn1d")
+    body = compress._artifact._encode(model, recipe, [], {"accuracy": 0.5}, dense=True)[9:]
+    (n,) = compress._artifact._HEADER.unpack_from(body, 0)
+    manifest = json.loads(body[4 : 4 + n])
+    manifest.update(format=1, compression="none")
+    head = json.dumps(manifest).encode()
+    (tmp_path / "old.slim").write_bytes(b"SLIMTUNE" + len(head).to_bytes(4, "little") + head + body[4 + n :])
+    assert compress.read_manifest(tmp_path / "old.slim")["metrics"] == {"accuracy": 0.5}
+    assert torch.equal(outputs(compress.load(tmp_path / "old.slim"), x), outputs(model, x))
 
 
 def test_dense_bytes_is_plain_fp32_size() -> None:
@@ -571,19 +647,217 @@ def test_summary_reports_sizes_and_latency(tmp_path: Path) -> None:
     report = compress.summary(small, repeats=2)
     assert set(report) == {
         "dense_bytes", "artifact_bytes", "compression_ratio", "params", "nonzero_params",
-        "bits_per_weight", "latency_ms_b1", "latency_ms_b256",
+        "bits_per_weight", "macs", "latency_ms_b1", "latency_ms_b256", "int8_latency_ms_b1",
+        "int8_latency_ms_b256",
     }
+    assert report["macs"] == 64 * 16 + 16 * 16 + 16 * 10  # hidden widths 32 -> 16
+    assert compress.summary(model, repeats=1)["macs"] == 64 * 32 + 32 * 32 + 32 * 10
     assert report["dense_bytes"] == compress.dense_bytes(model, recipe)
     assert report["artifact_bytes"] == compress.save(small, tmp_path / "m.slim")
     assert report["compression_ratio"] == report["dense_bytes"] / report["artifact_bytes"] > 4
     assert (report["params"], report["nonzero_params"]) == compress.count_params(small)
     dense_params = compress.count_params(model)[0]
     assert report["bits_per_weight"] == pytest.approx(8 * report["artifact_bytes"] / dense_params)
-    assert 0 < report["latency_ms_b1"] and 0 < report["latency_ms_b256"]
+    assert all(report[k] > 0 for k in report if "latency" in k)
     assert small.training  # summary restores the mode
     json.dumps(report)
     with pytest.raises(ValueError, match="repeats=0"):
         compress.summary(small, repeats=0)
+
+
+# ------------------------------------------------------------ gradual pruning
+
+
+def test_cubic_sparsity_follows_zhu_and_gupta() -> None:
+    assert compress.cubic_sparsity(0, 100, 0.9) == 0.0
+    assert compress.cubic_sparsity(100, 100, 0.9) == pytest.approx(0.9)
+    assert compress.cubic_sparsity(250, 100, 0.9) == pytest.approx(0.9)  # stays after n steps
+    assert compress.cubic_sparsity(-5, 100, 0.9, initial=0.2) == pytest.approx(0.2)
+    # s_t = s_f + (s_i - s_f)(1 - t/n)^3
+    assert compress.cubic_sparsity(50, 100, 0.8, 0.2) == pytest.approx(0.8 + (0.2 - 0.8) * 0.5**3)
+    values = [compress.cubic_sparsity(t, 40, 0.95) for t in range(41)]
+    assert values == sorted(values)
+    steps = np.diff(values)
+    assert steps[0] > steps[-1]  # fast early, slow late
+    assert compress.cubic_sparsity(3, 0, 0.7) == 0.7
+
+
+def _sgd_steps(model: nn.Module, x: torch.Tensor, n: int, after_step) -> list[float]:
+    """``n`` SGD steps on a fixed batch; sparsity of the prunable weights after each."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    seen = []
+    for _ in range(n):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        after_step(model)
+        masks = compress.sparsity_masks(model)
+        seen.append(sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()))
+    return seen
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_gradual_pruning_reaches_the_sparsity_along_the_schedule(scope: str) -> None:
+    _, model, x = make("mlp")
+    config = MagnitudePrune(sparsity=0.8, scope=scope)
+    callback = compress.gradual_pruning(model, config, steps=20, ramp=0.5)
+    seen = _sgd_steps(model, x, 20, callback)
+    ramp = [compress.cubic_sparsity(t, 10, 0.8) for t in range(1, 11)]
+    assert seen[:10] == pytest.approx(ramp, abs=0.01)
+    assert seen[10:] == pytest.approx([0.8] * 10, abs=0.01)  # mask held while it fine-tunes
+    assert all(a <= b + 1e-9 for a, b in zip(seen, seen[1:]))
+    one_shot = compress.compress(make("mlp")[1], config)
+    assert compress.sparsity_masks(model).keys() == compress.sparsity_masks(one_shot).keys()
+    if scope == "layer":
+        for name, mask in compress.sparsity_masks(model).items():
+            assert abs(int((~mask).sum()) - 0.8 * mask.numel()) <= 1, name
+
+
+def test_gradual_pruning_with_a_threshold_and_every() -> None:
+    _, model, x = make("cnn1d")
+    below = sum(int((m.weight.abs() < 0.1).sum()) for _, m in compress.prunable_modules(model))
+    total = sum(m.weight.numel() for _, m in compress.prunable_modules(model))
+    callback = compress.gradual_pruning(model, MagnitudePrune(threshold=0.1), steps=12, every=4)
+    seen = _sgd_steps(model, x, 12, callback)
+    assert seen[0] == seen[1] == seen[2] == 0.0  # first pruning at step 4
+    assert seen[-1] == pytest.approx(below / total, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [({"steps": 0}, "steps=0"), ({"steps": 5, "ramp": 0.0}, "ramp=0.0"),
+     ({"steps": 5, "every": 0}, "every=0"), ({"steps": 2.5}, "steps=2.5")],
+)
+def test_gradual_pruning_rejects_bad_arguments(kwargs: dict, words: str) -> None:
+    _, model, _ = make("mlp")
+    with pytest.raises(ValueError, match=words):
+        compress.gradual_pruning(model, MagnitudePrune(sparsity=0.5), **kwargs)
+
+
+# ------------------------------------------------------------------------ QAT
+
+
+def test_fake_quantize_forward_is_the_final_quantized_model_and_gradient_is_straight_through() -> None:
+    _, model, x = make("cnn2d")
+    qat = compress.compress(model, FakeQuantize(bits=3))
+    final = compress.compress(qat, AffineQuantize(bits=3))
+    assert torch.equal(outputs(qat, x), outputs(final, x))
+    assert compress.applied_configs(final) == (FakeQuantize(bits=3), AffineQuantize(bits=3))
+    # STE: the latent weight gets exactly the gradient of the quantized weight it stands for.
+    layer = compress.compress(nn.Linear(5, 3), FakeQuantize(bits=2))
+    inp = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    layer(inp).sum().backward()
+    latent = layer.parametrizations.weight.original
+    assert torch.equal(latent.grad, torch.ones(4, 3).t() @ inp)
+    assert all(row.unique().numel() <= 4 for row in layer.weight)  # 2 bits per channel
+
+
+def test_qat_recovers_accuracy_that_ptq_loses() -> None:
+    # A small trained regression net; 3-bit PTQ hurts; QAT fine-tuning (Adam, STE) gets much back.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=gen)
+    y = torch.sin(x @ torch.randn(8, 1, generator=gen)) + 0.5 * x[:, :1] * x[:, 1:2]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+
+    def fit(model: nn.Module, lr: float, steps: int) -> None:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            (model(x) - y).square().mean().backward()
+            opt.step()
+
+    fit(net, 0.01, 500)
+    ptq = compress.compress(net, AffineQuantize(bits=3))
+    qat = compress.compress(net, FakeQuantize(bits=3))
+    fit(qat, 1e-3, 200)
+    qat = compress.compress(qat, AffineQuantize(bits=3))
+    err = {name: float((outputs(m, x) - y).square().mean()) for name, m in [("ptq", ptq), ("qat", qat)]}
+    assert err["qat"] < 0.8 * err["ptq"], err
+
+
+def test_qat_with_masks_keeps_pruned_zeros_and_save_needs_the_final_quantize(tmp_path: Path) -> None:
+    _, model, x = make("mlp")
+    pruned = compress.compress(model, MagnitudePrune(sparsity=0.7))
+    masks = compress.sparsity_masks(pruned)
+    qat = compress.compress(pruned, FakeQuantize(bits=4))
+    _sgd_steps(qat, x, 3, lambda m: compress.apply_masks_(m, masks))
+    assert compress.sparsity_masks(qat).keys() == masks.keys()
+    for name, mask in compress.sparsity_masks(qat).items():
+        assert not (mask & ~masks[name]).any(), name
+    with pytest.raises(ValueError, match="FakeQuantize"):
+        compress.save(qat, tmp_path / "m.slim")
+    final = compress.compress(qat, AffineQuantize(bits=4))
+    compress.save(final, tmp_path / "m.slim")
+    assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(qat, x))
+    assert qat[1].parametrizations.weight.original is not None  # the QAT model is left as it was
+
+
+# ---------------------------------------------------------------------- int8
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [(), (AffineQuantize(bits=8),), (AffineQuantize(bits=8, symmetric=True),),
+     (AffineQuantize(bits=4, per_channel=False),), (MagnitudePrune(sparsity=0.8), AffineQuantize(bits=3))],
+    ids=["fp32", "q8", "q8sym", "q4tensor", "prune_q3"],
+)
+def test_int8_linear_is_exact_for_int8_inputs(configs: tuple) -> None:
+    # Rows of integers with max |x| = 127 quantize exactly, so only the weight handling shows.
+    layer = nn.Linear(20, 7)
+    torch.manual_seed(0)
+    nn.init.normal_(layer.weight, std=0.3)
+    model = compress.compress(nn.Sequential(layer), *configs)
+    x = torch.randint(-127, 128, (5, 20), generator=torch.Generator().manual_seed(1)).float()
+    x[:, 0] = 127.0
+    int8 = compress.to_int8(model)
+    assert isinstance(int8[0], compress.Int8Linear) and int8[0].weight_t.dtype == torch.int8
+    if configs:  # quantized weights are used exactly: only float rounding differs
+        assert torch.allclose(int8(x), model(x), rtol=1e-5, atol=1e-3)
+    else:  # fp32 weights are rounded to int8 per channel: <= half a step per weight
+        bound = (x.abs() @ (layer.weight.abs().amax(1) / 254).expand(20, 7)).max()
+        assert (int8(x) - model(x)).abs().max() <= bound
+
+
+@pytest.mark.parametrize("model_key", sorted(MODELS))
+def test_to_int8_runs_int8_linears_close_to_fp32(model_key: str) -> None:
+    _, model, x = make(model_key)
+    small = compress.compress(model, MagnitudePrune(sparsity=0.5), AffineQuantize(bits=8))
+    int8 = compress.to_int8(small.train())
+    assert not int8.training and small.training  # an eval copy; the input is untouched
+    n_linear = sum(type(m) is nn.Linear for m in small.modules())
+    assert sum(isinstance(m, compress.Int8Linear) for m in int8.modules()) == n_linear > 0
+    ref, out = outputs(small, x), outputs(int8, x)
+    assert out.shape == ref.shape
+    assert (out - ref).norm() <= 0.05 * ref.norm()
+    with pytest.raises(TypeError, match="nn.Module"):
+        compress.to_int8("model")
+
+
+def test_to_int8_refuses_weights_off_their_grid() -> None:
+    _, model, _ = make("mlp")
+    small = compress.compress(model, AffineQuantize(bits=4))
+    with torch.no_grad():
+        small[1].weight.add_(1e-3)
+    with pytest.raises(ValueError, match="off its quantization grid"):
+        compress.to_int8(small)
+
+
+# -------------------------------------------------------- per-layer widths
+
+
+def test_mlp_and_cnn_take_one_width_per_layer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    lenet = compress.build_model({"arch": "mlp", "input_shape": [40], "output_dim": 10, "depth": 2,
+                                  "width": [300, 100]})
+    assert [m.weight.shape for _, m in compress.prunable_modules(lenet)] == [(300, 40), (100, 300), (10, 100)]
+    compress.save(lenet, tmp_path / "m.slim")
+    assert compress.load(tmp_path / "m.slim")[3].weight.shape == (100, 300)
+    cnn = compress.build_model({"arch": "cnn", "input_shape": [8, 8], "output_dim": 3, "depth": 2, "width": [4, 6]})
+    assert cnn(torch.zeros(2, 8, 8)).shape == (2, 3)
+    for bad in ([300], [300, 0], [], [300, 1.5]):
+        with pytest.raises(ValueError, match="width"):
+            compress.build_model({"arch": "mlp", "input_shape": [40], "output_dim": 10, "depth": 2, "width": bad})
 
 
 # ----------------------------------------------------------- import hygiene
