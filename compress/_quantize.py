@@ -33,14 +33,8 @@ QPARAMS_ATTR = "weight_qparams"
 
 
 @dataclasses.dataclass(frozen=True)
-class AffineQuantize:
-    """Quantize every Linear/Conv1d/Conv2d weight to ``bits`` (2..8) bits.
-
-    per_channel: one scale/zero-point per output channel (else one per tensor).
-    symmetric:   B = 2**(bits-1), Q = max|w| / (2**(bits-1) - 1); otherwise Q and
-                 B come from min/max of w, with the range widened to include 0
-                 so zeros (pruned weights) stay exactly 0.
-    """
+class _QuantFields:
+    """The fields AffineQuantize and FakeQuantize share, validated once."""
 
     VERSION: ClassVar[int] = 1
     bits: int = 8
@@ -52,7 +46,18 @@ class AffineQuantize:
 
 
 @dataclasses.dataclass(frozen=True)
-class FakeQuantize:
+class AffineQuantize(_QuantFields):
+    """Quantize every Linear/Conv1d/Conv2d weight to ``bits`` (2..8) bits.
+
+    per_channel: one scale/zero-point per output channel (else one per tensor).
+    symmetric:   B = 2**(bits-1), Q = max|w| / (2**(bits-1) - 1); otherwise Q and
+                 B come from min/max of w, with the range widened to include 0
+                 so zeros (pruned weights) stay exactly 0.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeQuantize(_QuantFields):
     """Prepare quantization-aware training (QAT) of every Linear/Conv weight.
 
     The forward pass uses the weight quantized as ``AffineQuantize`` with the
@@ -66,16 +71,8 @@ class FakeQuantize:
         small = compress(qat, AffineQuantize(bits=4))
     """
 
-    VERSION: ClassVar[int] = 1
-    bits: int = 8
-    per_channel: bool = True
-    symmetric: bool = False
 
-    def __post_init__(self) -> None:
-        _check_quant_fields(self)
-
-
-def _check_quant_fields(config: AffineQuantize | FakeQuantize) -> None:
+def _check_quant_fields(config: _QuantFields) -> None:
     name = type(config).__name__
     if isinstance(config.bits, bool) or not isinstance(config.bits, int):
         raise TypeError(f"`bits` must be an int, but got bits={config.bits!r}")
