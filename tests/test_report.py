@@ -28,6 +28,7 @@ from search._plot import hypervolume_curve
 from search._report import param_importances
 from search._results import write_results
 from slimtune.cli import commands, main
+from tests.test_sweep import digits_spec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ONNX_ATOL = 1e-4  # logits: onnxruntime vs PyTorch
@@ -35,18 +36,7 @@ FAILED_ERROR = "ValueError: <script>alert('x')</script> & not <b>bold</b>"
 
 
 def _spec() -> dict:
-    return {
-        "name": "t-report",
-        "task": {"dataset": "digits", "model": "mlp", "epochs": 2},
-        "objectives": {"accuracy": "max", "size_bytes": "min"},
-        "constraints": {"size_bytes": {"max": 1_000_000}},
-        "space": {"lr": {"log_uniform": [3e-3, 3e-2]}, "batch_size": 64, "depth": {"int": [1, 2]},
-                  "width": {"choice": [16, 32]}},
-        "compress": {"prune": {"method": {"choice": ["none", "magnitude"]}, "sparsity": {"uniform": [0.5, 0.9]},
-                               "finetune_epochs": 1},
-                     "quantize": {"bits": {"choice": [32, 8, 4]}}},
-        "search": {"trials": 4, "concurrency": 2, "sampler": "tpe", "seed": 0},
-    }
+    return digits_spec(name="t-report")
 
 
 @pytest.fixture(scope="module")
