@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     from spaces import parse_spec
 
     cores = os.cpu_count() or 1
+    started = time.time()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     run_rows, trial_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             "models. T = the shortest arm's total wall time on that task and seed (equal wall-clock budget).")
     table = summary_table(runs_df, args.trials)
     (out / f"search_summary{suffix}.md").write_text(table + "\n\n" + note + "\n")
+    note += f" Total {time.time() - started:.0f} s."
     print("\n" + table + "\n\n" + note)
     if not args.smoke or args.plot != ap.get_default("plot"):
         plot(trials_df, Path(args.plot))
