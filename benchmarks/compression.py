@@ -51,8 +51,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import compress  # noqa: E402
-from compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune  # noqa: E402
+import compress
+from compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune
 
 RECIPES = {
     "mlp-digits": {"arch": "mlp", "input_shape": [64], "output_dim": 10, "depth": 2, "width": 128},
@@ -119,7 +119,7 @@ def compress_setting(dense: torch.nn.Module, data, p: dict[str, Any], seed: int)
     """Structured prune -> gradual magnitude pruning while fine-tuning -> (QAT) -> quantize."""
     from search import train
 
-    args = dict(lr=1e-3, batch_size=64, seed=seed)
+    args = {"lr": 1e-3, "batch_size": 64, "seed": seed}
     configs: list = []
     model = compress.compress(dense)
     if p["structured"] > 0:
@@ -130,7 +130,7 @@ def compress_setting(dense: torch.nn.Module, data, p: dict[str, Any], seed: int)
     steps = p["finetune_epochs"] * math.ceil(len(data.x_train) / args["batch_size"])
     train(model, data, epochs=p["finetune_epochs"],
           after_step=compress.gradual_pruning(model, magnitude, steps), **args)
-    quant = dict(bits=p["bits"], per_channel=p["per_channel"])
+    quant = {"bits": p["bits"], "per_channel": p["per_channel"]}
     if p["qat"]:
         masks = compress.sparsity_masks(model)
         configs.append(FakeQuantize(**quant))
@@ -168,7 +168,7 @@ def run_deep_one(dataset: str, epochs: int, seed: int, trials: int, repeats: int
             "per_channel": trial.suggest_categorical("per_channel", [False, True]),
             "qat": trial.suggest_categorical("qat", [False, True]),
         }
-        small, configs = compress_setting(dense, data, p, seed=1000 * (seed + 1) + trial.number)
+        small, _ = compress_setting(dense, data, p, seed=1000 * (seed + 1) + trial.number)
         size = compress.save(small, tmp / f"{trial.number}.slim")
         acc = _accuracy(small, data.x_val, data.y_val)
         trial.set_user_attr("val_accuracy", acc)
@@ -294,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     text = []
     if "methods" in out:
         _csv(out["methods"], results / f"compression_methods{suffix}.csv")
-        text += [f"torch {torch.__version__}, 1 thread; latency in ms (median of {args.repeats}); x_fp32 = "
-                 "params x 4 / artifact bytes, x_lzma = the dense model in slimtune's container / artifact bytes\n",
+        text += [(f"torch {torch.__version__}, 1 thread; latency in ms (median of {args.repeats}); x_fp32 = "
+                  "params x 4 / artifact bytes, x_lzma = the dense model in slimtune's container / artifact bytes\n"),
                  _table(out["methods"], METHOD_COLS), ""]
     if "deep" in out:
         _csv(out["deep"], results / f"compression_deep{suffix}.csv")
-        text += [f"LeNet-300-100, target >= {TARGET_RATIO:g}x (fp32) at <= {100 * MAX_LOSS:g} point validation "
-                 f"accuracy loss; {args.trials} trials per dataset and seed, seeds 0-{args.seeds - 1}\n",
+        text += [(f"LeNet-300-100, target >= {TARGET_RATIO:g}x (fp32) at <= {100 * MAX_LOSS:g} point validation "
+                  f"accuracy loss; {args.trials} trials per dataset and seed, seeds 0-{args.seeds - 1}\n"),
                  _table(out["deep"], DEEP_COLS), "",
                  "min / median / max over seeds (met: seeds whose chosen setting kept the validation accuracy)\n",
                  _table(spread(out["deep"], SPREAD_COLS), ["dataset", "seeds", "met", *SPREAD_COLS]), ""]

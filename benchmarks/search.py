@@ -207,7 +207,7 @@ def measures(runs: dict[str, tuple[pd.DataFrame, float]], trials: int, size_ref:
 
 def summary_table(runs: pd.DataFrame, trials: int) -> str:
     k = trials
-    cols = [f"hv_log_T1", f"hv_lin_T1", f"hv_log_T0.5", f"hv_log_k{k}", f"hv_lin_k{k}", "wall_s", "trainings"]
+    cols = ["hv_log_T1", "hv_lin_T1", "hv_log_T0.5", f"hv_log_k{k}", f"hv_lin_k{k}", "wall_s", "trainings"]
     head = ["task", "arm", "seeds"] + [c.replace("_T1", " @T").replace("_T0.5", " @T/2").replace(f"_k{k}", f" @{k} trainings")
                                        for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -309,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             "models. T = the shortest arm's total wall time on that task and seed (equal wall-clock budget).")
     table = summary_table(runs_df, args.trials)
     (out / f"search_summary{suffix}.md").write_text(table + "\n\n" + note + "\n")
-    note += f" Total {time.time() - started:.0f} s."
+    note += (f" Total {time.time() - started:.0f} s; 1-min load average at the arms' starts "
+             f"{runs_df['load1_start'].min():.2f}-{runs_df['load1_start'].max():.2f}, at their ends "
+             f"{runs_df['load1_end'].min():.2f}-{runs_df['load1_end'].max():.2f} (idle 2-core machine: about 2 while "
+             "an arm runs).")
     print("\n" + table + "\n\n" + note)
     if not args.smoke or args.plot != ap.get_default("plot"):
         plot(trials_df, Path(args.plot))
