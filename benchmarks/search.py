@@ -119,7 +119,7 @@ def _plain_trial(config: dict, raw: dict, out_dir: str, data=None) -> None:
     if data is None:  # plain-defaults: each trial loads its data (the same split slimtune uses)
         data, _ = prepare(spec, Path(out_dir) / "unused")
     setup = TrialSetup(out_dir=out_dir, model=spec.task.model, kind=data.kind)
-    run_trial(config, data, setup, report=lambda m: tune.report({**m, "t_end": time.time()}))
+    run_trial(config, data, setup, report=tune.report)
 
 
 def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
@@ -145,14 +145,26 @@ def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
     searcher = OptunaSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes, sampler=sampler)
     config = tune.TuneConfig(search_alg=searcher, num_samples=spec.search.trials,
                              max_concurrent_trials=spec.search.concurrency, **({"reuse_actors": True} if tuned else {}))
+    ended: dict[str, float] = {}
+
+    class EndTimes(tune.Callback):
+        """A trial's end time as the driver sees it (as slimtune's ``ended_at`` is taken)."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            ended[trial.trial_id] = time.time()
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            ended[trial.trial_id] = time.time()
+
     grid = tune.Tuner(trainable, tune_config=config,
-                      run_config=tune.RunConfig(storage_path=str(out / "ray"), name="plain", verbose=0)).fit()
+                      run_config=tune.RunConfig(storage_path=str(out / "ray"), name="plain", verbose=0,
+                                                callbacks=[EndTimes()])).fit()
     wall = time.time() - t0
     rows = []
     for r in grid:
         m = r.metrics or {}
         final = m.get("phase") == "final"
-        rows.append({"t_end": (m["t_end"] if "t_end" in m else time.time()) - t0, "status": "ok" if final else "failed",
+        rows.append({"t_end": ended.get(m.get("trial_id"), wall + t0) - t0, "status": "ok" if final else "failed",
                      **{k: m.get(k, np.nan) if final else np.nan for k in ("accuracy", "test_accuracy", "size_bytes")}})
     df = pd.DataFrame(rows).sort_values("t_end").reset_index(drop=True)
     df["training"] = np.arange(1, len(df) + 1)
