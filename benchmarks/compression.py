@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_smoke" if args.smoke else ""
     torch.set_num_threads(1)
     started, load_start = time.perf_counter(), os.getloadavg()
+    if load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} before starting; other work is running and the "
+              "latencies and times will not be clean", file=sys.stderr)
     out: dict[str, list[dict[str, Any]]] = {}
     if args.part in ("all", "methods"):
         out["methods"] = run_methods(args.repeats)

@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = os.cpu_count() or 1
     started = time.time()
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: load average {os.getloadavg()[0]:.2f} before starting; other work is running and the "
+              "wall times will not be clean (each row records the load)", file=sys.stderr)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     run_rows, trial_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
