@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,13 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from torch import nn
 
 import compress
 from search import evaluate, load_data, load_results, prepare, resume_sweep, run_sweep
 from search._data import sweep_split_seed
 from search._observe import warm_start
+from search._trial import TrialSetup, run_trial
 from spaces import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +95,26 @@ def test_sweep_split_seed_recorded_or_the_old_search_seed():
 
 # ---------------------------------------------------------------------------------------
 # Two runs, one result
+
+
+def python_random_mlp(config: dict) -> nn.Module:
+    """A model hook that draws its width from Python's global RNG."""
+    width = random.randrange(8, 64)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, config["output_dim"]))
+
+
+def test_trial_seeds_the_global_rngs_a_model_hook_draws_from(tmp_path):
+    data = load_data(parse_spec(quickstart_like()).task)
+    config = {"lr": 0.01, "batch_size": 64, "epochs": 1, "bits": 8, "seed": 11, "trial_number": 0}
+    finals = []
+    for k in range(2):
+        random.seed(k)  # whatever state the worker process left behind
+        setup = TrialSetup(out_dir=str(tmp_path / str(k)), model="tests.test_repro:python_random_mlp",
+                           kind=data.kind)
+        finals.append(run_trial(dict(config), data, setup, report=lambda metrics: None))
+    a, b = finals
+    assert (a["params"], a["accuracy"], a["size_bytes"]) == (b["params"], b["accuracy"], b["size_bytes"])
+    assert (tmp_path / "0" / a["artifact"]).read_bytes() == (tmp_path / "1" / b["artifact"]).read_bytes()
 
 
 def test_same_spec_same_seed_same_rows_and_artifacts(ray_session, tmp_path):
