@@ -106,12 +106,15 @@ def python_random_mlp(config: dict) -> nn.Module:
 def test_trial_seeds_the_global_rngs_a_model_hook_draws_from(tmp_path):
     data = load_data(parse_spec(quickstart_like()).task)
     config = {"lr": 0.01, "batch_size": 64, "epochs": 1, "bits": 8, "seed": 11, "trial_number": 0}
-    finals = []
-    for k in range(2):
-        random.seed(k)  # whatever state the worker process left behind
-        setup = TrialSetup(out_dir=str(tmp_path / str(k)), model="tests.test_repro:python_random_mlp",
-                           kind=data.kind)
-        finals.append(run_trial(dict(config), data, setup, report=lambda metrics: None))
+    finals, state = [], random.getstate()
+    try:
+        for k in range(2):
+            random.seed(k)  # whatever state the worker process was left in
+            setup = TrialSetup(out_dir=str(tmp_path / str(k)), model="tests.test_repro:python_random_mlp",
+                               kind=data.kind)
+            finals.append(run_trial(dict(config), data, setup, report=lambda metrics: None))
+    finally:
+        random.setstate(state)
     a, b = finals
     assert (a["params"], a["accuracy"], a["size_bytes"]) == (b["params"], b["accuracy"], b["size_bytes"])
     assert (tmp_path / "0" / a["artifact"]).read_bytes() == (tmp_path / "1" / b["artifact"]).read_bytes()
