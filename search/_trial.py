@@ -223,8 +223,8 @@ def _node() -> str:
     try:
         import ray
 
-        if ray.is_initialized():  # else get_runtime_context() would start a local Ray
-            return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+        # Outside Ray (run_trial called directly) get_runtime_context() would start a local Ray.
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:
-        pass
-    return f"{socket.gethostname()}/pid{os.getpid()}"
+        node_id = None
+    return f"{socket.gethostname()}/{node_id[:8]}" if node_id else f"{socket.gethostname()}/pid{os.getpid()}"
