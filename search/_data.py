@@ -1,7 +1,9 @@
-"""Tasks: built-in and user data, split once by the sweep seed.
+"""Tasks: built-in and user data, split by the task's own seed (``task.split_seed``).
 
-Data is built once per sweep in the driver (before any trial is seeded) and shared with
-every trial through Ray's object store.
+The split is a property of the task, not of a sweep: every sweep of a task sees the same
+training, validation and test rows, whatever its search seed, so test numbers of two sweeps
+compare. Data is built once per sweep in the driver (before any trial is seeded) and shared
+with every trial through Ray's object store.
 """
 
 from __future__ import annotations
@@ -156,8 +158,18 @@ def _split(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, n
     return perm[k:], perm[:k]
 
 
-def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
-    """Load ``task``'s data and split it reproducibly from ``seed``.
+def sweep_split_seed(meta: dict) -> int:
+    """The seed a sweep's data was split with, from its ``sweep.json`` dict: recorded there
+    (``split_seed``) since the split has its own seed; a sweep written before that was split
+    by its search seed, and keeps that split when resumed, extended or used for a warm start."""
+    if meta.get("split_seed") is not None:
+        return int(meta["split_seed"])
+    return int(((meta.get("spec") or {}).get("search") or {}).get("seed", 0))
+
+
+def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None) -> Data:
+    """Load ``task``'s data and split it reproducibly from ``seed`` (default: ``task.split_seed``;
+    a sweep written before the split had its own seed passes the search seed it was split with).
 
     The test split is held out and only ever used for the ``test_*`` twins of the metrics.
     Raises :class:`SpecError` for a missing or malformed file.
@@ -196,7 +208,7 @@ def load_data(task: Task, seed: int, base_dir: Path | None = None) -> Data:
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise SpecError("task.dataset", "targets must be finite", "NaN or inf in y")
     kind = task.kind or _infer_kind(y)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(task.split_seed if seed is None else seed)
     if x_test is None:
         train_idx, test_idx = _split(len(x), task.test_split, rng)
         x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]

@@ -58,6 +58,7 @@ def warm_start(study: optuna.Study, spec: Spec, earlier: str | Path) -> tuple[in
     """Seed ``study`` from an earlier sweep: enqueue its front configurations (those valid
     in this space) and, when the task and the whole space are the same, add its finished
     trials as observations. Returns (enqueued, observed)."""
+    from search._data import sweep_split_seed
     from search._results import load_results, pareto_front, sweep_meta
 
     earlier = Path(earlier)
@@ -72,7 +73,11 @@ def warm_start(study: optuna.Study, spec: Spec, earlier: str | Path) -> tuple[in
             enqueued += 1
     old = meta.get("spec", {})
     new = dict(spec.source)
-    same = all(old.get(k) == new.get(k) for k in ("task", "space", "compress", "objectives"))
+    # Same task means the same data split too: the earlier sweep's recorded split seed (older
+    # sweeps: their search seed) against this spec's, the rest of the task as written.
+    task = lambda s: {k: v for k, v in (s.get("task") or {}).items() if k != "split_seed"}  # noqa: E731
+    same = (task(old) == task(new) and sweep_split_seed(meta) == spec.task.split_seed
+            and all(old.get(k) == new.get(k) for k in ("space", "compress", "objectives")))
     observed = 0
     if same:
         for _, row in df[df["status"] == "ok"].iterrows():

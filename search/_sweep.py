@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from search._data import Data, load_data
+from search._data import Data, load_data, sweep_split_seed
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
@@ -383,7 +383,7 @@ def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> 
     if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
         raise SpecError("out", "must not already hold a sweep", str(out),
                         f"choose another folder, or: slimtune resume {out} / slimtune extend {out} --trials N")
-    data = load_data(spec.task, spec.search.seed, Path(base_dir) if base_dir else None)
+    data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)
     _check_task(spec, data)
     return data, out
 
@@ -477,6 +477,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
             "params": param_names(spec),
             "kind": data.kind,
             "preprocess": data.preprocess,
+            "split_seed": spec.task.split_seed,
             "trials": spec.search.trials,
             "sessions": 1,
             "base_dir": str(Path(base_dir).resolve()) if base_dir else None,
@@ -532,7 +533,9 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
         raise SpecError("trials", "must be an integer >= 1", add_trials)
     spec = parse_spec(meta["spec"])
     with SweepLock(out):
-        data = load_data(spec.task, spec.search.seed, Path(meta["base_dir"]) if meta.get("base_dir") else None)
+        # The split the sweep was made with (older sweeps: their search seed), recorded from now on.
+        meta["split_seed"] = sweep_split_seed(meta)
+        data = load_data(spec.task, meta["split_seed"], Path(meta["base_dir"]) if meta.get("base_dir") else None)
         _check_task(spec, data)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=spec.name, storage=_storage(out))

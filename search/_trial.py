@@ -8,6 +8,7 @@ its artifact, and report the objectives.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import warnings
@@ -187,8 +188,9 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
         trial_name = f"local-{config.get('trial_number', 0)}"
     torch.set_num_threads(setup.threads)
     seed = int(config["seed"])
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # every global RNG a model hook might draw from
     np.random.seed(seed % 2**32)
+    random.seed(seed)
     t0 = time.perf_counter()
     recipe = model_recipe(setup, data, config)
     dense = compress.build_model(recipe)
@@ -221,7 +223,8 @@ def _node() -> str:
     try:
         import ray
 
-        node_id = ray.get_runtime_context().get_node_id()
-        return f"{socket.gethostname()}/{node_id[:8]}"
+        # Outside Ray (run_trial called directly) get_runtime_context() would start a local Ray.
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:
-        return f"{socket.gethostname()}/pid{os.getpid()}"
+        node_id = None
+    return f"{socket.gethostname()}/{node_id[:8]}" if node_id else f"{socket.gethostname()}/pid{os.getpid()}"

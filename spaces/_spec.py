@@ -81,6 +81,7 @@ class Task:
     kind: str | None = None  # None: inferred from the target when the data is loaded
     validation_split: float = 0.2
     test_split: float = 0.2  # ignored by mnist1d, which has its published 4000/1000 split
+    split_seed: int = 0  # seeds the test and validation splits: the same for every sweep of the task
 
     @property
     def dataset_is_hook(self) -> bool:
@@ -242,7 +243,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _parse_task(raw: Any) -> Task:
-    known = ("dataset", "target", "kind", "model", "epochs", "validation_split", "test_split")
+    known = ("dataset", "target", "kind", "model", "epochs", "validation_split", "test_split", "split_seed")
     t = _mapping("task", raw, known)
     if "dataset" not in t:
         raise SpecError("task.dataset", "is required (digits, mnist1d, a .csv/.npz path or module:function)", None)
@@ -269,7 +270,7 @@ def _parse_task(raw: Any) -> Task:
     val = _number("task.validation_split", t.get("validation_split", 0.2), "`0 < validation_split < 0.9` must hold", split)
     test = _number("task.test_split", t.get("test_split", 0.2), "`0 < test_split < 0.9` must hold", split)
     return Task(dataset=dataset, model=model, epochs=epochs, target=target, kind=kind,
-                validation_split=val, test_split=test)
+                validation_split=val, test_split=test, split_seed=_int("task.split_seed", t.get("split_seed", 0), 0))
 
 
 def _parse_objectives(raw: Any, kind: str | None) -> tuple[Objective, ...]:
