@@ -110,18 +110,30 @@ def _read(src: Source, max_params: int) -> tuple[bytes, str]:
     if isinstance(src, (bytes, bytearray, memoryview)):
         blob, label = bytes(src), "<bytes>"
     elif hasattr(src, "read"):
-        blob, label = src.read(limit + 1), str(getattr(src, "name", "<file object>"))
+        blob, label = _read_at_most(src, limit + 1), str(getattr(src, "name", "<file object>"))
     elif isinstance(src, (str, os.PathLike)):
         with open(src, "rb") as f:
-            blob, label = f.read(limit + 1), os.fspath(src)
+            blob, label = _read_at_most(f, limit + 1), os.fspath(src)
     else:
         raise TypeError(f"`src` must be a path, bytes or a binary file object, but got {type(src).__name__}")
-    if not isinstance(blob, bytes):
-        raise TypeError(f"`src` must be opened in binary mode ('rb'), but read() gave {type(blob).__name__}")
     if len(blob) > limit:
         raise ArtifactError(f"{label!r} is longer than {limit} bytes, more than a model of max_params="
                             f"{max_params} can take; pass a larger max_params if you trust it")
     return blob, label
+
+
+def _read_at_most(f: Any, n: int) -> bytes:
+    """Up to ``n`` bytes, read in chunks (``f.read(n)`` may allocate ``n`` bytes up front)."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(min(2**20, n - got))
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise TypeError(f"`src` must be opened in binary mode ('rb'), but read() gave {type(chunk).__name__}")
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _guard(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -319,8 +331,8 @@ def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]],
     try:
         with torch.random.fork_rng(devices=[]):
             return build_model(recipe, builder=builder)
-    except (TypeError, ValueError) as e:
-        raise _bad(label, f"its recipe does not build ({' '.join(str(e).split())})") from None
+    except Exception as e:  # noqa: BLE001 - the hook's config comes from the file too
+        raise _bad(label, f"its recipe does not build ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
 
 
 def _fill(model: nn.Module, manifest: dict[str, Any], data: bytes, label: str) -> None:
@@ -345,10 +357,12 @@ def _fill(model: nn.Module, manifest: dict[str, Any], data: bytes, label: str) -
         qp = qparams.get(f"{name}.weight")
         if qp is not None:
             object.__setattr__(module, QPARAMS_ATTR, qp)
-    shape = manifest["recipe"].get("input_shape")
-    if manifest["recipe"]["arch"] != "hook":  # bounded by builtin_size: the parts must fit together
+    recipe = manifest["recipe"]
+    if recipe["arch"] != "hook":  # cost bounded by builtin_size: the stored parts must fit together
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape))
+            out = model.eval()(torch.zeros(1, *recipe["input_shape"]))
+        if tuple(out.shape) != (1, recipe["output_dim"]):
+            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, the recipe says {recipe['output_dim']}")
 
 
 def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
