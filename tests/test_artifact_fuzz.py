@@ -286,12 +286,12 @@ def test_bombs_and_huge_models_refused_in_bounded_memory(blobs, tmp_path):
         files[name] = tmp_path / f"{name}.slim"
         files[name].write_bytes(blob)
     assert files["lzma2-bomb-1GiB-after-valid-body"].stat().st_size < 300_000
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, resource, sys, torch, compress
         torch.set_num_threads(1)
         vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (vm + 256 * 2**20, resource.RLIM_INFINITY))
-        out = {{}}
+        out = {}
         for name, path in json.loads(sys.argv[1]).items():
             try:
                 compress.load(path)
@@ -299,7 +299,7 @@ def test_bombs_and_huge_models_refused_in_bounded_memory(blobs, tmp_path):
             except compress.ArtifactError as exc:
                 out[name] = "ArtifactError: " + str(exc)
             except BaseException as exc:
-                out[name] = f"{{type(exc).__name__}}: {{exc}}"
+                out[name] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(out))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
