@@ -58,8 +58,8 @@ def load(
     trust_code: import and run the hook the recipe names (only for artifacts
                 from a source you trust, like ``torch.load(weights_only=False)``).
     max_params: bound on the model the artifact may describe (see `MAX_PARAMS`).
-    Raises `ArtifactError` for malformed input and `UntrustedCodeError` (one)
-    for a hook model without ``builders``/``trust_code``.
+    Raises `ArtifactError` for malformed input, and its subclass
+    `UntrustedCodeError` for a hook model without ``builders``/``trust_code``.
     """
     blob, label = _read(src, max_params)
     manifest, data = _guard(label, _parse, blob, label, max_params, manifest_only=False)

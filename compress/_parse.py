@@ -30,6 +30,7 @@ MAX_PARAMS = 100_000_000
 #: Largest manifest (UTF-8 JSON) accepted, in bytes.
 MAX_MANIFEST = 16 * 2**20
 _MAX_DIMS = 8
+_XZ_MEMLIMIT = 2**27  # the xz decoder's memory (format 1); format 2 caps its dictionary at 2**26
 _DTYPES = {n: getattr(torch, n) for n in ("float32", "float64", "float16", "bfloat16", "int64",
                                           "int32", "int16", "int8", "uint8", "bool")}
 _PARTS = {("dense", "raw"): 1, ("dense", "codes"): 3, ("sparse", "raw"): 2, ("sparse", "codes"): 4}
@@ -54,7 +55,8 @@ def _read(src: Source, max_params: int) -> tuple[bytes, str]:
         blob, label = _read_at_most(src, limit + 1), str(getattr(src, "name", "<file object>"))
     elif isinstance(src, (str, os.PathLike)):
         with open(src, "rb") as f:
-            blob, label = _read_at_most(f, limit + 1), os.fspath(src)
+            size = os.fstat(f.fileno()).st_size
+            blob, label = _read_at_most(f, min(size, limit) + 1), os.fspath(src)
     else:
         raise TypeError(f"`src` must be a path, bytes or a binary file object, but got {type(src).__name__}")
     if len(blob) > limit:
@@ -102,7 +104,8 @@ def _parse(blob: bytes, label: str, max_params: int, *, manifest_only: bool) -> 
         if manifest_only:
             return manifest, b""
         if compression == "lzma":
-            return manifest, _inflate(lzma.LZMADecompressor(format=lzma.FORMAT_XZ), blob[end:], size, label)
+            dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT)  # a 4 GiB dictionary: refused
+            return manifest, _inflate(dec, blob[end:], size, label)
         if compression != "none":
             raise _bad(label, f"unknown data compression {compression!r}")
         return manifest, _exact(blob[end:], size, label)

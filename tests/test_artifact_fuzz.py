@@ -2,17 +2,19 @@
 
 Every artifact format the code writes or reads is in `WRITERS` (a tiny model each); a new format
 adds a writer there and inherits every case.  Each case must end in one `compress.ArtifactError`
-with a one-line message, or (byte flips that keep the file valid) a model that runs:
+with a one-line message, or (byte flips that keep the file valid) a model with the stored tensor
+shapes that, for the built-in architectures, runs and gives the recipe's outputs:
 
 * truncation at every offset, 300 seeded random byte flips per format, and 300 more behind the
   LZMA layer (in the decoded body, many rewriting manifest digits);
 * an LZMA bomb (a valid artifact followed by 1 GiB of compressed zeros, in both LZMA containers;
-  a manifest length of 16 MiB of zeros) and manifests describing huge models (width 10**9,
-  depth 10**9, a tensor of 10**12 elements dense or sparse, a 4 GiB manifest length).
+  a manifest length of 16 MiB of zeros, an xz dictionary of 4 GiB) and manifests describing huge
+  models (width 10**9, depth 10**9, a tensor of 10**12 elements dense or sparse, a 4 GiB
+  manifest length).
 
 Time and memory are bounded by design, not timed: the reader is O(file length + max_params) and
 decodes an LZMA stream only to the length the checked manifest describes.  The files here are
-< 2 KB (bombs 230 KB), so each case takes milliseconds (the module about 30 s on one core); the
+< 2 KB (bombs 230 KB), so each case takes milliseconds (the whole module about 20 s here); the
 bomb and huge-model cases run in a child process whose address space (RLIMIT_AS) is capped at
 256 MiB above what importing torch took, so an attempt to inflate or allocate them would fail there
 with MemoryError instead of the expected ArtifactError.
@@ -262,7 +264,14 @@ def _hostile(blobs: dict[str, bytes]) -> dict[str, bytes]:
             m["tensors"][0].update(shape=[10**6, 10**6], layout=layout, parts=parts)
         return edit
 
+    block, unpadded, usize = _xz_block(v1[12 + n :])
+    head_len = (block[0] + 1) * 4
+    at = block.index(b"\x21\x01", 2) + 2  # filter LZMA2, 1 property byte: the dictionary size
+    head = block[:at] + bytes([40]) + block[at + 1 : head_len - 4]  # 40: a 4 GiB dictionary
+    big_dict = head + struct.pack("<I", binascii.crc32(head)) + block[head_len:]
+
     return {
+        "xz-dictionary-4GiB": v1[: 12 + n].replace(b'"none"', b'"lzma"') + _xz([(big_dict, unpadded, usize)]),
         "lzma2-bomb-1GiB-after-valid-body": MAGIC + b"\x01\x14" + lzma2[:-1] + _zeros_lzma2(1024) + b"\x00",
         "lzma2-bomb-1GiB-of-zeros": MAGIC + b"\x01\x14" + _zeros_lzma2(1024) + b"\x00",
         "lzma2-manifest-16MiB-of-zeros": MAGIC + b"\x01\x18" + lzma.compress(
@@ -310,6 +319,8 @@ def test_bombs_and_huge_models_refused_in_bounded_memory(blobs, tmp_path):
     for name, got in results.items():
         assert got.startswith("ArtifactError: ") and "\n" not in got, (name, got)
     assert "more than the" in results["lzma2-bomb-1GiB-after-valid-body"]
+    assert "more than the" in results["xz-bomb-1GiB-after-valid-data"]
+    assert "Memory usage limit" in results["xz-dictionary-4GiB"]
     assert "max_params" in results["recipe-width-1e9"] and "max_params" in results["tensor-1e12-delta"]
 
 
