@@ -41,6 +41,8 @@ MANIFEST_KEY = "slimtune"  # ONNX metadata_props key
 EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
 EXPORT_VERSION = 1
 _ZIP_MAGIC = b"PK\x03\x04"
+#: The CLI flag (and, as ``trust_code=True``, the keyword) that lets a model hook be imported.
+TRUST_FLAG = "--trust-code"
 
 #: How the built-in datasets turn a CSV row into the model input, when sweep.json has no
 #: ``preprocess``: digits rows are scikit-learn's ``load_digits().data`` (pixels 0..16,
@@ -142,10 +144,6 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any
         "versions": library_versions(),
         "artifact_versions": art.get("versions", {}),
     }
-
-
-#: The CLI flag (and, as ``trust_code=True``, the keyword) that lets a model hook be imported.
-TRUST_FLAG = "--trust-code"
 
 
 def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False):
