@@ -9,7 +9,11 @@ report; `load` rebuilds a working model from it.
                          "depth": 2, "width": 64})
     small = compress(model, MagnitudePrune(sparsity=0.8), AffineQuantize(bits=4))
     nbytes = save(small, "model.slim", metrics={"accuracy": 0.93})
-    again = load("model.slim")
+    again = load("model.slim")        # also bytes or a binary file object
+
+`load` treats the file as untrusted: malformed bytes raise `ArtifactError`, the
+model it describes is bounded (`max_params`), and a ``module:function`` model
+is imported only with ``trust_code=True`` or ``builders={"mod:fn": fn}``.
 
 Methods: `MagnitudePrune`, `StructuredPrune`, `AffineQuantize` (PTQ) and
 `FakeQuantize` (QAT, finished by `AffineQuantize`).  Fine-tuning helpers:
@@ -20,7 +24,8 @@ This package imports torch, numpy and the standard library only
 (`StructuredPrune` imports torch_pruning when it runs).
 """
 
-from ._artifact import dense_bytes, load, read_manifest, save
+from ._artifact import dense_bytes, save
+from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
 from ._int8 import Int8Linear, to_int8
 from ._models import build_model, prunable_modules, recipe_of
@@ -38,7 +43,9 @@ from ._summary import latency_ms, summary
 
 __all__ = [
     "AffineQuantize",
+    "ArtifactError",
     "MagnitudePrune",
+    "MAX_PARAMS",
     "QParams",
     "applied_configs",
     "apply_masks_",
@@ -63,4 +70,5 @@ __all__ = [
     "StructuredPrune",
     "summary",
     "to_int8",
+    "UntrustedCodeError",
 ]

@@ -1,4 +1,4 @@
-"""The single-file artifact: write, read, and size it.
+"""The single-file artifact: write and size it (`_load` reads it, trusting nothing).
 
 Layout (format 2)::
 
@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import json
 import lzma
-import math
 import os
 import platform
+import secrets
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,11 +48,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ._config import applied_configs, config_from_json, config_to_json
-from ._models import build_model, prunable_modules, recipe_of
-from ._quantize import QPARAMS_ATTR, QParams, dequantize, is_fake_quantized, qparams_of, quantize
+from ._config import applied_configs, config_to_json
+from ._models import prunable_modules, recipe_of
+from ._quantize import QParams, dequantize, is_fake_quantized, qparams_of, quantize
 
-__all__ = ["save", "load", "read_manifest", "dense_bytes", "pack_bits", "unpack_bits"]
+__all__ = ["save", "dense_bytes", "pack_bits", "unpack_bits"]
 
 MAGIC = b"SLIMTUN\x02"
 FORMAT = 2
@@ -81,14 +80,16 @@ def save(
              applied to this model).
     metrics: JSON-able dict stored as is.
     The file is written to a temporary file and renamed, so it is never
-    half-written.  Same model, same arguments -> same bytes.
+    half-written; it is readable like other new files (mode 0o666 less the umask).  Same model, same arguments -> same bytes.
     """
     if configs is None:
         configs = applied_configs(model)
     blob = _encode(model, _recipe(model, recipe), list(configs), metrics, dense=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Mode 0o666 less the umask, like any file `open` creates (mkstemp's would be 0o600).
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
@@ -110,72 +111,6 @@ def dense_bytes(model: nn.Module, recipe: dict[str, Any] | None = None) -> int:
     a structurally pruned model would have taken.
     """
     return len(_encode(model, _recipe(model, recipe), [], None, dense=True))
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest dict of the artifact at ``path`` (decodes only the manifest)."""
-    manifest, _ = _split(Path(path).read_bytes(), path, manifest_only=True)
-    return manifest
-
-
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the model saved at ``path`` (same outputs as the saved model).
-
-    The architecture is rebuilt from the stored recipe without touching torch's
-    global RNG, resized to the stored tensor shapes (structured pruning), and
-    the decoded tensors are loaded.  Quantized weights get their QParams back.
-    The model is returned in eval mode (call ``.train()`` to fine-tune it).
-    """
-    manifest, data = _split(Path(path).read_bytes(), path, manifest_only=False)
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(manifest["recipe"])
-    state: dict[str, torch.Tensor] = {}
-    qparams: dict[str, QParams] = {}
-    for entry in manifest["tensors"]:
-        state[entry["name"]], qp = _decode(entry, data)
-        if qp is not None:
-            qparams[entry["name"]] = qp
-    resize_(model, {k: tuple(v.shape) for k, v in state.items()})
-    model.load_state_dict(state, strict=True)
-    for name, module in prunable_modules(model):
-        qp = qparams.get(f"{name}.weight")
-        if qp is not None:
-            object.__setattr__(module, QPARAMS_ATTR, qp)
-    configs = tuple(config_from_json(c) for c in manifest["configs"])
-    object.__setattr__(model, "slimtune_configs", configs)
-    return model.eval()
-
-
-def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
-    """In place: give named parameters/buffers new shapes (values uninitialised).
-
-    Used by `load` after structured pruning; keeps Linear/Conv/BatchNorm size
-    attributes in step with their tensors.
-    """
-    modules = dict(model.named_modules())
-    touched = set()
-    for name, shape in shapes.items():
-        owner, _, attr = name.rpartition(".")
-        module = modules.get(owner)
-        if module is None:
-            continue
-        old = module._parameters.get(attr, module._buffers.get(attr))
-        if old is None or tuple(old.shape) == tuple(shape):
-            continue
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(new, requires_grad=old.requires_grad)
-        else:
-            module._buffers[attr] = new
-        touched.add(module)
-    for module in touched:
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            module.out_channels = module.weight.shape[0]
-            module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            module.num_features = module._buffers.get("running_mean", module.weight).shape[0]
 
 
 # ------------------------------------------------------------------- encoding
@@ -277,41 +212,6 @@ def _lzma_filters(log2_dict: int, size: int | None = None) -> list[dict[str, Any
     return [f]
 
 
-def _split(blob: bytes, path: Any, *, manifest_only: bool) -> tuple[dict[str, Any], bytes]:
-    """(manifest, data section) of an artifact's bytes; checks magic and format."""
-    if blob[: len(_LEGACY_MAGIC)] == _LEGACY_MAGIC and len(blob) >= len(_LEGACY_MAGIC) + 4:
-        (n,) = _HEADER.unpack_from(blob, len(_LEGACY_MAGIC))
-        start = len(_LEGACY_MAGIC) + _HEADER.size
-        manifest = json.loads(blob[start : start + n].decode("utf-8"))
-        data = b"" if manifest_only else blob[start + n :]
-        if data and manifest.get("compression") == "lzma":
-            data = lzma.decompress(data)
-        return manifest, data
-    if blob[: len(MAGIC) - 1] != MAGIC[:-1] or len(blob) < len(MAGIC) + 1:
-        raise ValueError(
-            f"{str(path)!r} is not a slimtune artifact (it does not start with {MAGIC[:-1]!r}); "
-            "pass a file written by `compress.save`"
-        )
-    version, codec = blob[len(MAGIC) - 1], blob[len(MAGIC)]
-    if version != FORMAT or codec not in (_CODEC_NONE, _CODEC_LZMA):
-        raise ValueError(
-            f"artifact {str(path)!r} has format {version} (codec {codec}), but this slimtune "
-            f"reads formats 1 and {FORMAT}; use the release that wrote it"
-        )
-    if codec == _CODEC_NONE:
-        body = blob[len(MAGIC) + 1 :]
-        (n,) = _HEADER.unpack_from(body, 0)
-        rest = body[_HEADER.size :]
-    else:
-        log2_dict = blob[len(MAGIC) + 1]
-        dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(log2_dict))
-        head = dec.decompress(blob[len(MAGIC) + 2 :], max_length=_HEADER.size)
-        (n,) = _HEADER.unpack_from(head, 0)
-        rest = dec.decompress(b"", max_length=n if manifest_only else -1)
-    manifest = json.loads(rest[:n].decode("utf-8"))
-    return manifest, rest[n:]
-
-
 def _smallest(
     name: str, w: torch.Tensor, qp: QParams | None
 ) -> tuple[str, str, list[bytes], int | None]:
@@ -343,55 +243,6 @@ def _smallest(
                 nz_codes = pack_bits(codes.reshape(-1)[nonzero].numpy(), qp.bits)
                 candidates.append((layout, "codes", [index[layout], nz_codes, *qtail], 1))
     return min(candidates, key=lambda c: sum(len(p) for p in c[2]))
-
-
-def _decode(entry: dict[str, Any], data: bytes) -> tuple[torch.Tensor, QParams | None]:
-    shape = tuple(entry["shape"])
-    dtype = getattr(torch, entry["dtype"])
-    numel = math.prod(shape)
-    parts, pos = [], entry["offset"]
-    for n in entry["parts"]:
-        parts.append(data[pos : pos + n])
-        pos += n
-    layout, values = entry["layout"], entry["values"]
-    if layout == "dense":
-        mask, nnz, rest = None, numel, parts
-    else:
-        if layout == "bitmask":
-            flags = np.unpackbits(np.frombuffer(parts[0], np.uint8), count=numel, bitorder="little")
-            mask = torch.from_numpy(flags.astype(bool))
-        else:
-            gaps = _varint_decode(parts[0]) if layout == "delta" else _rice_decode(parts[0])
-            mask = torch.zeros(numel, dtype=torch.bool)
-            mask[torch.from_numpy((np.cumsum(gaps + 1) - 1).astype(np.int64))] = True
-        nnz, rest = int(mask.sum()), parts[1:]
-    qp = None
-    if values == "raw":
-        vals = _from_raw(rest[0], dtype, nnz)
-    else:
-        bits = entry["bits"]
-        channels = shape[0] if entry["per_channel"] else 1
-        scale = torch.from_numpy(np.frombuffer(rest[1], "<f4").astype(np.float32).copy())
-        zp = torch.from_numpy(np.frombuffer(rest[2], np.uint8).astype(np.float32))
-        view = (channels,) + (1,) * (len(shape) - 1) if entry["per_channel"] else ()
-        qp = QParams(bits, scale.reshape(view).contiguous(), zp.reshape(view).contiguous())
-        if entry.get("packing") == "bytes":
-            codes = torch.from_numpy(np.frombuffer(rest[0], np.uint8, count=nnz).copy())
-        else:
-            codes = torch.from_numpy(unpack_bits(rest[0], bits, nnz))
-        if mask is not None:
-            full = torch.zeros(numel, dtype=torch.uint8)
-            full[mask] = codes
-            codes = full
-        vals = dequantize(codes.reshape(shape), qp).reshape(-1)
-        if mask is not None:
-            vals[~mask] = 0.0
-        return vals.reshape(shape), qp
-    if mask is None:
-        return vals.reshape(shape), qp
-    out = torch.zeros(numel, dtype=dtype)
-    out[mask] = vals
-    return out.reshape(shape), qp
 
 
 # -------------------------------------------------------------------- helpers
@@ -480,14 +331,6 @@ def _raw(t: torch.Tensor) -> bytes:
         return t.view(torch.int16).numpy().astype("<i2").tobytes()
     arr = t.numpy()
     return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-
-
-def _from_raw(buf: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(np.frombuffer(buf, "<i2").copy()).view(torch.bfloat16)[:count]
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
-    arr = np.frombuffer(buf, np_dtype, count=count)
-    return torch.from_numpy(arr.astype(arr.dtype.newbyteorder("=")).copy())
 
 
 def _recipe(model: nn.Module, recipe: dict[str, Any] | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -34,7 +34,7 @@ _RECIPE_ATTR = "slimtune_recipe"
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def build_model(recipe: dict[str, Any]) -> nn.Module:
+def build_model(recipe: dict[str, Any], *, builder: Callable[[dict[str, Any]], nn.Module] | None = None) -> nn.Module:
     """Build an ``nn.Module`` from ``recipe`` (see the package docstring).
 
     ``arch`` is ``"mlp"``, ``"cnn"`` or ``"hook"``.  Inputs are float32 tensors
@@ -42,6 +42,8 @@ def build_model(recipe: dict[str, Any]) -> nn.Module:
     layer or a list with one per layer (``{"depth": 2, "width": [300, 100]}``
     is LeNet-300-100's shape).  The recipe is recorded on the model
     (``recipe_of(model)``) so later steps need not be handed it again.
+    ``builder``: for arch ``"hook"``, the function to call instead of importing
+    ``recipe["hook"]`` (`load` uses it so that no code is imported unasked).
     """
     _check_recipe(recipe)
     arch = recipe["arch"]
@@ -50,7 +52,7 @@ def build_model(recipe: dict[str, Any]) -> nn.Module:
     elif arch == "cnn":
         model = _cnn(recipe)
     else:
-        model = _hook(recipe)
+        model = _hook(recipe, builder)
     object.__setattr__(model, _RECIPE_ATTR, json.loads(json.dumps(recipe)))
     return model
 
@@ -69,6 +71,28 @@ def _widths(recipe: dict[str, Any]) -> list[int]:
     """One width per hidden layer: ``width`` repeated ``depth`` times, or the list itself."""
     width = recipe["width"]
     return list(width) if isinstance(width, (list, tuple)) else [width] * recipe["depth"]
+
+
+def builtin_size(recipe: dict[str, Any]) -> tuple[int, int, int]:
+    """(parameters, activation values per input row, layers) of the mlp/cnn ``recipe``
+    describes, computed from the numbers alone so `load` can bound a model before it
+    builds one.  ``recipe`` has passed `_check_recipe`."""
+    shape = list(recipe["input_shape"])
+    features = math.prod(shape)
+    params, acts, widths = 0, features, _widths(recipe)
+    if recipe["arch"] == "mlp":
+        for width in widths:
+            params, acts, features = params + (features + 1) * width, acts + width, width
+    else:
+        channels = 1
+        for width in widths:
+            params += (channels * 3 ** len(shape) + 1) * width
+            shape = [(s + 2 - 3) // (2 if s > 4 else 1) + 1 for s in shape]
+            channels = width
+            features = channels * math.prod(shape)
+            acts += features
+    params += (features + 1) * recipe["output_dim"]
+    return params, acts + recipe["output_dim"], len(widths) + 1
 
 
 def _mlp(recipe: dict[str, Any]) -> nn.Module:
@@ -101,8 +125,10 @@ def _cnn(recipe: dict[str, Any]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _hook(recipe: dict[str, Any]) -> nn.Module:
+def _hook(recipe: dict[str, Any], builder: Callable[[dict[str, Any]], nn.Module] | None) -> nn.Module:
     hook = recipe["hook"]
+    if builder is not None:
+        return _checked(hook, builder(dict(recipe.get("config", {}))))
     module_name, _, func_name = hook.partition(":")
     if not module_name or not func_name:
         raise ValueError(
@@ -115,7 +141,10 @@ def _hook(recipe: dict[str, Any]) -> nn.Module:
             f"cannot import hook {hook!r} ({e}); make sure the module is importable "
             "(on PYTHONPATH) and defines that function"
         ) from e
-    model = func(dict(recipe.get("config", {})))
+    return _checked(hook, func(dict(recipe.get("config", {}))))
+
+
+def _checked(hook: str, model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"hook {hook!r} must return a torch.nn.Module, but returned {type(model).__name__}"

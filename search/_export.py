@@ -41,6 +41,8 @@ MANIFEST_KEY = "slimtune"  # ONNX metadata_props key
 EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
 EXPORT_VERSION = 1
 _ZIP_MAGIC = b"PK\x03\x04"
+#: The CLI flag (and, as ``trust_code=True``, the keyword) that lets a model hook be imported.
+TRUST_FLAG = "--trust-code"
 
 #: How the built-in datasets turn a CSV row into the model input, when sweep.json has no
 #: ``preprocess``: digits rows are scikit-learn's ``load_digits().data`` (pixels 0..16,
@@ -116,10 +118,8 @@ def preprocess_of(meta: dict[str, Any], kind: str, n_outputs: int) -> dict[str, 
 
 def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any]:
     """The manifest an export carries: what the model is, how it was found, how to feed it."""
-    from compress import read_manifest
-
     meta = sweep_meta(path)
-    art = read_manifest(Path(path) / row["artifact"])
+    art = load_artifact(Path(path) / row["artifact"], field="artifact", manifest_only=True)
     recipe = art["recipe"]
     kind = meta.get("kind", "classification")
     n_out = int(recipe.get("output_dim", 1))
@@ -146,10 +146,28 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any
     }
 
 
-def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path) -> Path:
-    """Write trial ``trial`` (number or id) of the sweep at ``path`` as ``fmt`` to ``out``."""
+def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False):
+    """`compress.load` (or `read_manifest`) for search and the CLI: a bad or untrusted
+    artifact is a one-line SpecError (exit 2) that names the fix."""
     import compress
 
+    try:
+        if manifest_only:
+            return compress.read_manifest(src)
+        return compress.load(src, trust_code=trust_code)
+    except compress.UntrustedCodeError as exc:
+        raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG} "
+                        "(trust_code=True)", str(src), f"add {TRUST_FLAG} if you trust where this sweep came from") from None
+    except compress.ArtifactError as exc:
+        raise SpecError(field, "must be a valid slimtune artifact", str(src), str(exc)) from None
+
+
+def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, *, trust_code: bool = False) -> Path:
+    """Write trial ``trial`` (number or id) of the sweep at ``path`` as ``fmt`` to ``out``.
+
+    ``trust_code``: a trial whose model is a ``module:function`` hook is imported and run
+    only with it (the ``slim`` format copies the bytes and runs nothing).
+    """
     if fmt not in FORMATS:
         raise SpecError("--format", f"must be one of {', '.join(FORMATS)}", fmt)
     row = find_trial(load_results(path), trial)
@@ -169,7 +187,7 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path) 
         tmp.replace(out)
         write_atomic(sidecar(out), json.dumps(manifest, indent=2).encode())
         return out
-    model = compress.load(artifact)
+    model = load_artifact(artifact, trust_code=trust_code, field="artifact")
     if fmt == "torchscript":
         _write_torchscript(model, manifest, out)
     else:
@@ -286,19 +304,20 @@ def export_format(path: str | Path) -> str:
     return "slim"
 
 
-def load_exported(path: str | Path, *, batch: int = 1024) -> Exported:
-    """Load a file written by :func:`export_trial` (any of the three formats)."""
+def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = False) -> Exported:
+    """Load a file written by :func:`export_trial` (any of the three formats).
+
+    ``trust_code``: a ``slim`` model that is a ``module:function`` hook is imported only with it.
+    """
     fmt = export_format(path)
     path = Path(path)
     if fmt == "slim":
-        import compress
-
         side = sidecar(path)
         if not side.is_file():
             raise SpecError("model", "a slim model needs its manifest beside it", str(side),
                             "write it with `slimtune export`, which puts model.slim.json next to model.slim")
         manifest = json.loads(side.read_text())
-        model = compress.load(path)
+        model = load_artifact(path, trust_code=trust_code)
         run = _torch_runner(model)
     elif fmt == "torchscript":
         import torch
@@ -389,7 +408,8 @@ def _is_number(text: Any) -> bool:
     return True
 
 
-def predict_csv(model: str | Path, csv: str | Path) -> pd.DataFrame:
-    """Predictions of the exported ``model`` for each row of ``csv``: one column ``prediction``."""
-    exported = load_exported(model)
+def predict_csv(model: str | Path, csv: str | Path, *, trust_code: bool = False) -> pd.DataFrame:
+    """Predictions of the exported ``model`` for each row of ``csv``: one column ``prediction``
+    (``trust_code`` as for :func:`load_exported`)."""
+    exported = load_exported(model, trust_code=trust_code)
     return pd.DataFrame({"prediction": exported.predict(read_features(csv, exported))})

@@ -42,6 +42,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("slim", "onnx", "torchscript"), default=None,
                    help="default: from the --out suffix (.slim, .onnx, .pt)")
     p.add_argument("--out", required=True, help="model file to write (slim also writes <out>.json beside it)")
+    _trust_arg(p)
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="import and run the module:function model hook the artifact names (only for "
+                        "sweeps from a source you trust; built-in architectures never need it)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -56,7 +63,7 @@ def _export(args: argparse.Namespace) -> int:
         if fmt is None:
             raise SpecError("--format", "is needed when --out does not end in .slim, .onnx or .pt", args.out,
                             "add --format slim|onnx|torchscript")
-    out = export_trial(args.path, args.trial, fmt, args.out)
+    out = export_trial(args.path, args.trial, fmt, args.out, trust_code=args.trust_code)
     print(out)
     return 0
 
@@ -65,12 +72,13 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a file written by `slimtune export` (slim, onnx or torchscript)")
     p.add_argument("data", help="CSV of feature columns, in training order (header row optional)")
     p.add_argument("--out", default=None, help="CSV to write (default: print to stdout)")
+    _trust_arg(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from search import predict_csv
 
-    df = predict_csv(args.model, args.data)
+    df = predict_csv(args.model, args.data, trust_code=args.trust_code)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out, index=False)

@@ -1,0 +1,173 @@
+"""Reading artifacts: `load` and `read_manifest`, trusting nothing in the bytes.
+
+An artifact may come from a shared bucket, so reading one must neither run code
+nor allocate what its numbers claim before they are checked (`_parse`):
+
+* A recipe that names a ``module:function`` model is imported only when the
+  caller passes that builder (``builders={"mod:fn": fn}``) or ``trust_code=True``;
+  the built-in architectures need no import.
+* The model a built-in recipe describes (parameters, activations per row, layers)
+  is bounded by ``max_params`` and the stored tensors before it is built, and the
+  stored tensors must fit it (a forward pass gives the recipe's outputs).
+* Anything malformed raises `ArtifactError` (a ``ValueError``) with one line.
+
+So memory and time are O(file length + max_params) whatever the bytes say.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from ._config import config_from_json
+from ._models import _check_recipe, build_model, builtin_size, prunable_modules
+from ._parse import MAX_PARAMS, ArtifactError, Source, _bad, _decode, _guard, _parse, _read
+from ._quantize import QPARAMS_ATTR
+
+__all__ = ["ArtifactError", "UntrustedCodeError", "load", "read_manifest", "resize_", "MAX_PARAMS"]
+
+Builder = Callable[[dict[str, Any]], nn.Module]
+
+
+class UntrustedCodeError(ArtifactError):
+    """The artifact's model is a ``module:function`` hook and the caller did not opt in."""
+
+    def __init__(self, message: str, hook: str) -> None:
+        super().__init__(message)
+        self.hook = hook
+
+
+def load(
+    src: Source,
+    *,
+    builders: Mapping[str, Builder] | None = None,
+    trust_code: bool = False,
+    max_params: int = MAX_PARAMS,
+) -> nn.Module:
+    """Rebuild the model saved in ``src`` (a path, ``bytes`` or a binary file object).
+
+    The architecture is rebuilt from the stored recipe without touching torch's
+    global RNG, resized to the stored tensor shapes (structured pruning), and
+    the decoded tensors are loaded.  Quantized weights get their QParams back.
+    The model is returned in eval mode (call ``.train()`` to fine-tune it).
+
+    builders:   for a recipe whose model is a ``"module:function"`` hook, the
+                function to call for it, keyed by that string (nothing is imported).
+    trust_code: import and run the hook the recipe names (only for artifacts
+                from a source you trust, like ``torch.load(weights_only=False)``).
+    max_params: bound on the model the artifact may describe (see `MAX_PARAMS`).
+    Raises `ArtifactError` for malformed input, and its subclass
+    `UntrustedCodeError` for a hook model without ``builders``/``trust_code``.
+    """
+    blob, label = _read(src, max_params)
+    manifest, data = _guard(label, _parse, blob, label, max_params, manifest_only=False)
+    configs = _guard(label, lambda: tuple(config_from_json(c) for c in manifest["configs"]))
+    model = _build(manifest["recipe"], label, manifest["tensors"], builders, trust_code, max_params)
+    _guard(label, _fill, model, manifest, data, label)
+    object.__setattr__(model, "slimtune_configs", configs)
+    return model.eval()
+
+
+def read_manifest(src: Source, *, max_params: int = MAX_PARAMS) -> dict[str, Any]:
+    """The manifest dict of the artifact in ``src`` (decodes only the manifest; imports nothing)."""
+    blob, label = _read(src, max_params)
+    manifest, _ = _guard(label, _parse, blob, label, max_params, manifest_only=True)
+    return manifest
+
+
+# --------------------------------------------------------------------- model
+
+
+def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]],
+           builders: Mapping[str, Builder] | None, trust_code: bool, max_params: int) -> nn.Module:
+    """The recipe's model, bounded (built-ins) or built only with the caller's consent (hooks)."""
+    try:
+        _check_recipe(recipe)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise _bad(label, f"bad recipe ({' '.join(str(e).split())[:300]})") from None
+    builder = None
+    if recipe["arch"] == "hook":
+        hook = recipe["hook"]
+        builder = (builders or {}).get(hook)
+        if builder is None and not trust_code:
+            raise UntrustedCodeError(
+                f"{label!r} builds its model by importing and running {hook!r}; load it only if you trust "
+                f"its source, with trust_code=True or builders={{{hook!r}: fn}}", hook)
+    else:
+        width = recipe["width"]
+        layers = (len(width) if isinstance(width, list) else recipe["depth"]) + 1
+        if 2 * layers != len(tensors):  # weight and bias per layer; bounds depth before anything is built
+            raise _bad(label, f"its recipe describes {layers} layers, but {len(tensors)} tensors are stored")
+        params, acts, _ = builtin_size(recipe)
+        if max(params, acts) > max_params:
+            raise _bad(label, f"its recipe describes {params} parameters and {acts} activations per row, over "
+                              f"max_params={max_params} (pass a larger max_params if you trust it)")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return build_model(recipe, builder=builder)
+    except Exception as e:  # the builder is trusted, but the config it gets comes from the file
+        raise _bad(label, f"its recipe does not build ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+
+
+def _fill(model: nn.Module, manifest: dict[str, Any], data: bytes, label: str) -> None:
+    """Check the stored tensors against the model, decode them into it, restore QParams."""
+    own = model.state_dict()
+    stored = {e["name"]: e for e in manifest["tensors"]}
+    if set(own) != set(stored):
+        odd = sorted(set(own) ^ set(stored))[:3]
+        raise _bad(label, f"its tensors do not match the recipe's model (e.g. {odd})")
+    for name, e in stored.items():
+        have = tuple(own[name].shape)
+        if len(e["shape"]) != len(have) or any(s > h for s, h in zip(e["shape"], have)):
+            raise _bad(label, f"tensor {name!r} has shape {e['shape']}, larger than the model's {list(have)}")
+    state, qparams = {}, {}
+    for name, e in stored.items():
+        state[name], qp = _decode(e, data, label)
+        if qp is not None:
+            qparams[name] = qp
+    resize_(model, {k: tuple(v.shape) for k, v in state.items()})
+    model.load_state_dict(state, strict=True)
+    for name, module in prunable_modules(model):
+        qp = qparams.get(f"{name}.weight")
+        if qp is not None:
+            object.__setattr__(module, QPARAMS_ATTR, qp)
+    recipe = manifest["recipe"]
+    if recipe["arch"] != "hook":  # cost bounded by builtin_size: the stored parts must fit together
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *recipe["input_shape"]))
+        if tuple(out.shape) != (1, recipe["output_dim"]):
+            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, the recipe says {recipe['output_dim']}")
+
+
+def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """In place: give named parameters/buffers new shapes (values uninitialised).
+
+    Used by `load` after structured pruning; keeps Linear/Conv/BatchNorm size
+    attributes in step with their tensors.
+    """
+    modules = dict(model.named_modules())
+    touched = set()
+    for name, shape in shapes.items():
+        owner, _, attr = name.rpartition(".")
+        module = modules.get(owner)
+        if module is None:
+            continue
+        old = module._parameters.get(attr, module._buffers.get(attr))
+        if old is None or tuple(old.shape) == tuple(shape):
+            continue
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            module._buffers[attr] = new
+        touched.add(module)
+    for module in touched:
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            module.num_features = module._buffers.get("running_mean", module.weight).shape[0]
