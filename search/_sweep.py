@@ -19,8 +19,8 @@ import pandas as pd
 
 from search._data import Data, load_data
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
-from search._searcher import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, SlimSearcher,  # noqa: F401
-                              make_row, outcome, param_names, trial_seed)
+from search._rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
+                          param_names, trial_seed)
 from search._trial import TrialSetup, run_trial
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
@@ -245,6 +245,8 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     """Run ``trials`` more trials of ``spec`` into the sweep folder ``out``."""
     import optuna
     from ray import tune
+
+    from search._searcher import SlimSearcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Per-epoch reports carry validation curves, not the objectives (only the final one

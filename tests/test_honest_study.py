@@ -15,6 +15,8 @@ from search._report import param_importances
 from search._results import was_trained
 from slimtune.cli import main
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 MAX_BYTES = 20_000  # width 256 or 512 at 32 bits breaks it (~80-150 kB); width 16, or 4 bits, does not
 
 

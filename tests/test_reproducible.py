@@ -14,6 +14,8 @@ from search import load_results
 from slimtune.cli import main
 from spaces import SpecError, parse_spec
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 #: Columns that may differ between two runs: Ray's ids (and the artifact names built on them),
 #: where and when a trial ran, and timings.
 VARYING = ["trial_id", "node", "ended_at", "train_seconds", "latency_ms", "artifact"]
@@ -46,7 +48,8 @@ def sweep(tmp: Path, s: dict, out: str) -> Path:
 
 def digests(out: Path, df: pd.DataFrame) -> dict[int, str]:
     ok = df[df["artifact"].notna()]
-    return {int(n): hashlib.sha256((out / a).read_bytes()).hexdigest() for n, a in zip(ok["trial_number"], ok["artifact"])}
+    return {int(n): hashlib.sha256((out / a).read_bytes()).hexdigest()
+            for n, a in zip(ok["trial_number"], ok["artifact"])}
 
 
 def test_same_rows_and_artifacts_at_concurrency_2(ray_session, tmp_path):

@@ -19,6 +19,8 @@ import yaml
 from search import load_results
 from slimtune.cli import main
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ["lr", "batch_size", "depth", "width", "prune_method", "sparsity", "bits"]
 

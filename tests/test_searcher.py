@@ -15,6 +15,8 @@ from search._predict import predict, surely_infeasible
 from slimtune.cli import main
 from spaces import parse_spec
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 
 def spec_dict(name: str, **search) -> dict:
     return {
