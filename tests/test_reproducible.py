@@ -65,3 +65,39 @@ def test_same_rows_and_artifacts_at_concurrency_2(ray_session, tmp_path):
 def test_reproducible_must_be_a_boolean():
     with pytest.raises(SpecError, match="search.reproducible: must be true or false"):
         parse_spec({**digits_like("bad"), "search": {"reproducible": "yes"}})
+
+
+def test_a_batch_is_asked_whole_and_told_at_its_end_in_trial_number_order():
+    """The searcher's side of reproducible mode, without Ray running: a full batch gets no
+    more suggestions, and its outcomes reach the study only once all of it has ended."""
+    import optuna
+
+    from search._searcher import SlimSearcher
+
+    s = digits_like("batch")
+    s["search"].update(trials=3, early_stop=False, ladder=0)
+    spec = parse_spec(s)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = SlimSearcher(spec, study, data=None, trials=3, rows={})
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    assert (a["trial_number"], b["trial_number"]) == (0, 1)
+    assert searcher.suggest("c") is None  # the batch (concurrency 2) is full
+    final = {"phase": "final", "accuracy": 0.9, "size_bytes": 1000.0}
+    searcher.on_trial_complete("b", final)  # the second trial ends first
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] * 2
+    searcher.on_trial_complete("a", {**final, "accuracy": 0.8})
+    t0, t1 = study.trials
+    assert t0.state == t1.state == optuna.trial.TrialState.COMPLETE and t0.datetime_complete <= t1.datetime_complete
+    assert t0.values == [0.8, 1000.0] and t0.user_attrs["ray_trial_id"] == "a"
+    c = searcher.suggest("c")  # the last batch holds the one training left
+    assert c["trial_number"] == 2 and searcher.suggest("d") == searcher.FINISHED
+
+
+def test_deferred_halving_compares_only_with_committed_batches():
+    from search._early_stop import ParetoHalving
+
+    rule = ParetoHalving("accuracy", grace=1, eta=2, min_peers=1, deferred=True)
+    assert not rule.decide("a", 1, 100, 0.9)
+    assert not rule.decide("b", 1, 100, 0.1)  # "a" is of the same batch: not yet a peer
+    rule.commit(["a", "b"])
+    assert rule.decide("c", 1, 100, 0.05)  # next batch: "a" and "b" are peers, both better
