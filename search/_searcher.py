@@ -69,7 +69,7 @@ class SlimSearcher(Searcher):
     ladder rungs); ``rule`` is the early-stopping rule, whose observations reproducible
     mode commits at batch boundaries."""
 
-    def __init__(self, spec: Spec, study: optuna.Study, data: Data, trials: int,
+    def __init__(self, spec: Spec, study: optuna.Study, data: Data | None, trials: int,
                  rows: dict[str, dict[str, Any]], rule: Any = None) -> None:
         super().__init__(metric=spec.metric_names, mode=spec.modes)
         from search._predict import needs_prediction
