@@ -154,20 +154,28 @@ def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
         module = modules.get(owner)
         if module is None:
             continue
-        old = module._parameters.get(attr, module._buffers.get(attr))
+        params = dict(module.named_parameters(recurse=False))
+        old = params.get(attr, dict(module.named_buffers(recurse=False)).get(attr))
         if old is None or tuple(old.shape) == tuple(shape):
             continue
         new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(new, requires_grad=old.requires_grad)
-        else:
-            module._buffers[attr] = new
+        # Module.__setattr__ replaces a registered parameter or buffer in place (a buffer keeps
+        # its persistence)
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad) if attr in params else new)
         touched.add(module)
     for module in touched:
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, nn.modules.conv._ConvNd):
+        elif isinstance(module, CONVS):
             module.out_channels = module.weight.shape[0]
             module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            module.num_features = module._buffers.get("running_mean", module.weight).shape[0]
+        elif isinstance(module, NORMS):
+            stats = getattr(module, "running_mean", None)
+            module.num_features = (stats if stats is not None else module.weight).shape[0]
+
+
+#: Layers whose size attributes follow their weight's shape (torch's public classes; their
+#: private bases _ConvNd and _NormBase are not used).
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+         nn.InstanceNorm3d)

@@ -178,7 +178,7 @@ def _remove_fake_quant(module: nn.Module) -> None:
     # By hand, not parametrize.remove_parametrizations: that deletes the `weight`
     # property from the parametrized class, which deep copies of the module share.
     latent = module.parametrizations["weight"].original
-    del module._modules["parametrizations"]
+    delattr(module, "parametrizations")  # Module.__delattr__ drops the submodule
     module.__class__ = module.__class__.__bases__[0]
     module.register_parameter("weight", latent)
 

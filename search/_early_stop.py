@@ -23,13 +23,17 @@ class ParetoHalving:
     """
 
     def __init__(self, metric: str, mode: str = "max", grace: int = 2, eta: float = 3.0,
-                 min_peers: int = 4) -> None:
+                 min_peers: int = 4, deferred: bool = False) -> None:
         if grace < 1 or eta <= 1 or min_peers < 1:
             raise ValueError(f"`grace >= 1, eta > 1, min_peers >= 1` must hold, but got "
                              f"grace={grace}, eta={eta}, min_peers={min_peers}")
         self.metric, self.sign = metric, (1.0 if mode == "max" else -1.0)
         self.grace, self.eta, self.min_peers = grace, eta, min_peers
         self.seen: dict[int, dict[str, tuple[float, float]]] = defaultdict(dict)  # epoch -> id -> (size, value)
+        # deferred (reproducible mode): a trial's values become peers only when committed, at
+        # a batch boundary, so no decision depends on which trial of a batch reported first
+        self.deferred = deferred
+        self.pending: dict[int, dict[str, tuple[float, float]]] = defaultdict(dict)
 
     def milestone(self, epoch: int) -> bool:
         if epoch < self.grace:
@@ -41,14 +45,20 @@ class ParetoHalving:
         """Record the trial's value at ``epoch``; True when it should stop."""
         if not self.milestone(epoch) or not math.isfinite(value):
             return False
-        here = self.seen[epoch]
-        here[trial_id] = (size, self.sign * value)
-        peers = [v for tid, (s, v) in here.items() if tid != trial_id and s <= size]
+        (self.pending if self.deferred else self.seen)[epoch][trial_id] = (size, self.sign * value)
+        peers = [v for tid, (s, v) in self.seen[epoch].items() if tid != trial_id and s <= size]
         if len(peers) < self.min_peers:
             return False
         better = sum(1 for v in peers if v > self.sign * value)
         keep = max(1, math.floor((len(peers) + 1) / self.eta))
         return better >= keep
+
+    def commit(self, trial_ids: list[str]) -> None:
+        """Deferred mode: the recorded values of ``trial_ids`` become peers of later trials."""
+        for epoch, here in self.pending.items():
+            for tid in trial_ids:
+                if tid in here:
+                    self.seen[epoch][tid] = here.pop(tid)
 
 
 def ray_scheduler(rule: ParetoHalving, size_key: str = "predicted_size_bytes"):

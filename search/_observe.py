@@ -29,11 +29,23 @@ def as_params(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[
     except (ValueError, KeyError, TypeError):
         return None
     dists = trial.distributions
-    for name, value in trial.params.items():
-        d = dists[name]
-        if not d._contains(d.to_internal_repr(value)):
-            return None
+    if not all(_within(dists[name], value) for name, value in trial.params.items()):
+        return None
     return dict(trial.params), dict(dists)
+
+
+def _within(d: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """``value`` lies in ``d`` (read from its public fields: range and step, or choices)."""
+    try:
+        v = d.to_internal_repr(value)  # a categorical value that is not a choice raises
+    except ValueError:
+        return False
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return True
+    if not d.low <= v <= d.high:
+        return False
+    step = getattr(d, "step", None)
+    return step is None or abs((v - d.low) / step - round((v - d.low) / step)) < 1e-8
 
 
 def _nan(v: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from search._plot import render_png, task_metric
-from search._results import STUDY, load_results, pareto_front, sweep_meta, write_atomic
+from search._results import STUDY, load_results, pareto_front, sweep_meta, was_trained, write_atomic
 from spaces import SpecError
 
 CSS = """
@@ -68,9 +68,12 @@ def param_importances(path: str | Path) -> dict[str, dict[str, float] | str]:
         study = optuna.load_study(study_name=meta["name"], storage=f"sqlite:///{db.resolve()}")
     except Exception as exc:  # a missing or foreign study is not the report's failure
         return {o: f"could not open the study: {type(exc).__name__}: {exc}" for o in objectives}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if was_trained(t)]
     if len(complete) < 2:
-        return {o: f"needs at least 2 complete trials, but the study has {len(complete)}" for o in objectives}
+        return {o: f"needs at least 2 complete trials, but the study has {len(complete)} trained" for o in objectives}
+    # the trained trials only: a configuration skipped as infeasible is no evidence
+    study = optuna.create_study(directions=study.directions)
+    study.add_trials(complete)
     out: dict[str, dict[str, float] | str] = {}
     for i, name in enumerate(objectives):
         try:

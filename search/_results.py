@@ -50,6 +50,14 @@ def frame(rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataF
     return df
 
 
+def was_trained(trial: Any) -> bool:
+    """False for an Optuna trial of the study that nobody trained: a configuration predicted
+    infeasible, marked ``trained: false`` (or, in sweeps written before, ``infeasible: true``,
+    told with invented values). Every reader of the study leaves such trials out."""
+    attrs = trial.user_attrs
+    return attrs.get("trained", True) is not False and not attrs.get("infeasible")
+
+
 def sweep_meta(path: str | Path) -> dict[str, Any]:
     p = Path(path) / SWEEP
     if not p.is_file():

@@ -9,7 +9,6 @@ on resume. So a driver killed at any point loses nothing that had finished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import time
@@ -20,37 +19,12 @@ import pandas as pd
 
 from search._data import Data, load_data, sweep_split_seed
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
+from search._rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
+                          param_names, trial_seed)
 from search._trial import TrialSetup, run_trial
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
-#: Parameters that always have a column, in this order, after the spec's own space.
-COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual", "bits",
-                   "per_channel", "symmetric", "quant_mode", "qat_epochs"]
-
-#: Columns a finished trial's row takes from its final report.
-RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
-               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact")
 LOCK = ".lock"
-
-
-def trial_seed(sweep_seed: int, number: int) -> int:
-    """A trial's seed from the sweep seed and its Optuna trial number (stable across processes)."""
-    return (sweep_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)
-
-
-def param_names(spec: Spec) -> list[str]:
-    return [name for name, _ in spec.space] + COMPRESS_PARAMS
-
-
-class DefineByRun:
-    """Optuna's define-by-run function for ``spec`` (picklable, as Ray checkpoints the searcher)."""
-
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        cfg = self.spec.sample(trial)
-        return {**cfg, "trial_number": trial.number, "seed": trial_seed(self.spec.search.seed, trial.number)}
 
 
 def make_sampler(spec: Spec, seed_offset: int = 0):
@@ -58,7 +32,7 @@ def make_sampler(spec: Spec, seed_offset: int = 0):
     extended sweep from replaying the first sweep's random start-up points."""
     import optuna
 
-    # Constraints reach the samplers through Trial.set_constraint (Optuna 5), set by SlimSearch.
+    # Constraints reach the samplers through Trial.set_constraint (Optuna 5), set by SlimSearcher.
     seed = spec.search.seed + seed_offset
     startup = min(10, max(2, spec.search.trials // 4))
     if spec.search.sampler == "tpe":
@@ -68,150 +42,6 @@ def make_sampler(spec: Spec, seed_offset: int = 0):
     if spec.search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
-             status: str, error: str | None) -> dict[str, Any]:
-    """One results row (see :func:`search.load_results` for the schema)."""
-    cfg = dict(config)
-    row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
-                           "status": status, "error": error, "seed": cfg.pop("seed", None)}
-    row.update({k: cfg.get(k) for k in param_names(spec)})
-    row.update({k: v for k, v in cfg.items() if k not in row})
-    if status == "ok":
-        assert result is not None
-        row.update({k: result.get(k) for k in RESULT_KEYS})
-        row["feasible"] = all(b.violation(float(result[b.metric])) <= 0 for b in spec.constraints)
-    return row
-
-
-def outcome(spec: Spec, result: dict[str, Any] | None) -> tuple[str, str | None]:
-    """``(status, error)`` of a trial from its last report: ok, failed or stopped (early)."""
-    if not result:
-        return "failed", "the trial's worker process or node died (retries exhausted)"
-    if result.get("phase") == "failed":
-        return "failed", str(result.get("error"))
-    if result.get("phase") == "train":
-        metric = next((k for k in result if k.startswith("val_") and k != "val_loss"), "val_loss")
-        return "stopped", (f"stopped early at epoch {result.get('epoch')} ({metric}={result.get(metric):.4g}): "
-                           "smaller trials were better")
-    vals = {m: result.get(m) for m in spec.metric_names}
-    if result.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals.values()):
-        return "failed", f"objectives not finite or not reported: {vals}"
-    return "ok", None
-
-
-def _worst(spec: Spec, predicted: dict[str, float]) -> list[float]:
-    """Objective values told for a configuration skipped as infeasible: predicted where
-    known, else the worst plausible value."""
-    worst = {"accuracy": 0.0, "r2": -1.0, "compression_ratio": 0.0}
-    out = []
-    for name, mode in zip(spec.metric_names, spec.modes):
-        if name in predicted:
-            out.append(float(predicted[name]))
-        else:
-            out.append(worst.get(name, 0.0) if mode == "max" else 1e12)
-    return out
-
-
-def _searcher(spec: Spec, storage, seed_offset: int, data: Data, rows: dict[str, dict[str, Any]]):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    from search._predict import needs_prediction, predict, surely_infeasible
-
-    use_prediction = needs_prediction(spec) or spec.search.early_stop is not None
-
-    class SlimSearch(OptunaSearch):
-        """OptunaSearch that keeps the study a complete record of the sweep.
-
-        * Each configuration's size is predicted before training (an untrained model,
-          compressed and written); one that surely breaks a size constraint is told to
-          Optuna as infeasible and never trained, and the next one is asked for.
-        * Before Optuna is told a trial's outcome, the trial gets its constraint values (for
-          Optuna's constrained samplers), its Ray id and its results row; NaN/inf objectives
-          and errors raised by the trial are told as FAIL, early-stopped trials as PRUNED.
-        """
-
-        def suggest(self, trial_id: str):
-            for _ in range(200):
-                cfg = super().suggest(trial_id)
-                if cfg is None:
-                    return None
-                ot_trial = self._ot_trials[trial_id]
-                if use_prediction:
-                    predicted = predict(spec, data, cfg)
-                    cfg["predicted_size_bytes"] = int(predicted["size_bytes"])
-                    if spec.search.reject_infeasible and surely_infeasible(spec, predicted):
-                        self._skip(trial_id, ot_trial, cfg, predicted)
-                        continue
-                ot_trial.set_user_attr("config", cfg)
-                ot_trial.set_user_attr("ray_trial_id", trial_id)
-                return cfg
-            raise SpecError("constraints", "must leave some configurations feasible",
-                            "200 configurations in a row predicted infeasible", "relax the constraints or the space")
-
-        def _skip(self, trial_id: str, ot_trial, cfg: dict[str, Any], predicted: dict[str, float]) -> None:
-            broken = ", ".join(f"{b.metric}={predicted[b.metric]:.6g} (min={b.min}, max={b.max})"
-                               for b in spec.constraints if b.metric in predicted)
-            row = make_row(spec, f"skip-{ot_trial.number}", cfg, None, "infeasible",
-                           f"predicted before training: {broken}")
-            ot_trial.set_user_attr("config", cfg)
-            ot_trial.set_user_attr("row", _jsonable(row))
-            ot_trial.set_user_attr("infeasible", True)
-            for bound, v in zip(spec.constraints, spec.constraint_values({**predicted})):
-                ot_trial.set_constraint(bound.metric, v)
-            self._ot_study.tell(ot_trial, _worst(spec, predicted))
-            del self._ot_trials[trial_id]
-            rows[row["trial_id"]] = row
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and trial_id not in self._completed_trials:
-                config = ot_trial.user_attrs.get("config") or (result or {}).get("config") or {}
-                status, err = outcome(spec, None if error else result)
-                ot_trial.set_user_attr("row", _jsonable(make_row(spec, trial_id, config, result, status, err)))
-                if status == "stopped":
-                    self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-                    self._completed_trials.add(trial_id)
-                    return
-                if status == "failed":
-                    error, result = True, None
-                else:
-                    for bound, v in zip(spec.constraints, spec.constraint_values(result)):
-                        ot_trial.set_constraint(bound.metric, v)
-            super().on_trial_complete(trial_id, result=result, error=error)
-            if result and result.get("ladder") and ot_trial is not None:
-                self._observe_ladder(trial_id, ot_trial.number, result["ladder"])
-
-        def _observe_ladder(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
-            """Each rung (a compression setting of the parent's trained model) becomes a
-            completed trial of the study and a row linked to its parent."""
-            from search._observe import observation
-
-            for k, rung in enumerate(rungs):
-                cfg = dict(rung["config"])
-                status, err = outcome(spec, {**rung, "phase": "final"})
-                if status != "ok":
-                    continue
-                values = [float(rung[m]) for m in spec.metric_names]
-                # Trial numbers are sequential and only this driver writes the study.
-                number = len(self._ot_study.get_trials(deepcopy=False))
-                cfg["trial_number"] = number
-                row = {**make_row(spec, f"{parent_id}-r{k}", cfg, rung, "ok", None), "parent": parent}
-                t = observation(spec, cfg, values, {"config": cfg, "parent": parent, "row": _jsonable(row)},
-                                {b.metric: v for b, v in zip(spec.constraints, spec.constraint_values(rung))})
-                if t is None:
-                    continue
-                self._ot_study.add_trial(t)
-                rows[row["trial_id"]] = row
-
-    return SlimSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes,
-                      sampler=make_sampler(spec, seed_offset), study_name=spec.name, storage=storage)
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget: int, quiet: bool):
@@ -416,9 +246,11 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     import optuna
     from ray import tune
 
+    from search._searcher import SlimSearcher
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Per-epoch reports carry validation curves, not the objectives (only the final one
-    # does); OptunaSearch reads the objectives from the last report.
+    # does); the searcher reads the objectives from the last report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # slimtune prints its own progress; Ray Tune's (verbose=0) legacy reporter prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -430,17 +262,21 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
             tune.with_parameters(_trainable, data=data, setup=setup),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
-        scheduler = None
+        rule = scheduler = None
         if spec.search.early_stop is not None:
             from search._early_stop import ParetoHalving, ray_scheduler
 
-            metric = TASK_METRIC[data.kind]
             es = spec.search.early_stop
-            scheduler = ray_scheduler(ParetoHalving(metric, "max", es.grace_epochs, es.eta, es.min_peers))
+            rule = ParetoHalving(TASK_METRIC[data.kind], "max", es.grace_epochs, es.eta, es.min_peers,
+                                 deferred=spec.search.reproducible)
+            scheduler = ray_scheduler(rule)
+        study = optuna.create_study(storage=_storage(out), study_name=spec.name, load_if_exists=True,
+                                    sampler=make_sampler(spec, seed_offset),
+                                    directions=["maximize" if m == "max" else "minimize" for m in spec.modes])
+        searcher = SlimSearcher(spec, study, data, trials, rows, rule)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(spec, _storage(out), seed_offset, data, rows),
-                                        scheduler=scheduler, num_samples=trials,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials,
                                         max_concurrent_trials=spec.search.concurrency,
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=f"tune-{session}", storage_path=str(out / "ray"), verbose=0,
@@ -448,6 +284,12 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
                                       failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
         )
         tuner.fit()
+        # Rows the searcher added after the last trial's row was written (ladder rungs of a
+        # batch told at its end): the table holds every row once the sweep is over.
+        now = time.time()
+        for r in rows.values():
+            r.setdefault("ended_at", now)
+        write_results(out, rows.values(), param_names(spec))
     finally:
         if started:
             import ray
@@ -521,7 +363,8 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
 
     Every trial that had ended is kept exactly once (the study is the record and the
     results table is rebuilt from it); trials that were running when the driver died are
-    marked failed (``interrupted``) in the study and their configurations are queued to run
+    failed in the study (their numbers in its user attribute ``interrupted``) and their
+    configurations are queued to run
     again; the sampler sees every earlier trial. Used by ``slimtune resume`` and
     ``slimtune extend``.
     """
@@ -542,7 +385,8 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
         for t in study.trials:
             if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING) and \
                     t.user_attrs.get("config") is not None:
-                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                # marked in the study's user attributes (a finished trial's cannot change)
+                study.set_user_attr("interrupted", sorted({*study.user_attrs.get("interrupted", []), t.number}))
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
         rows = study_rows(spec, study)

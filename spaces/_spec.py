@@ -121,6 +121,7 @@ class Search:
     ladder: int = 0  # extra compression settings evaluated on each trained model ("train once, compress many")
     early_stop: "EarlyStop | None" = None  # stop trials that cannot reach the front at their size
     reject_infeasible: bool = True  # skip, untrained, configurations whose predicted size breaks a constraint
+    reproducible: bool = False  # ask in batches of `concurrency`, tell at batch ends: same rows at any timing
 
 
 @dataclass(frozen=True)
@@ -408,9 +409,10 @@ def _parse_early_stop(raw: Any) -> "EarlyStop | None":
 
 def _parse_search(raw: Any) -> Search:
     s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed", "retries", "ladder",
-                                       "early_stop", "reject_infeasible"))
-    if not isinstance(s.get("reject_infeasible", True), bool):
-        raise SpecError("search.reject_infeasible", "must be true or false", s["reject_infeasible"])
+                                       "early_stop", "reject_infeasible", "reproducible"))
+    for key, default in (("reject_infeasible", True), ("reproducible", False)):
+        if not isinstance(s.get(key, default), bool):
+            raise SpecError(f"search.{key}", "must be true or false", s[key])
     return Search(
         trials=_int("search.trials", s.get("trials", 20), 1),
         concurrency=_int("search.concurrency", s.get("concurrency", 2), 1),
@@ -420,6 +422,7 @@ def _parse_search(raw: Any) -> Search:
         ladder=_int("search.ladder", s.get("ladder", 0), 0),
         early_stop=_parse_early_stop(s.get("early_stop")),
         reject_infeasible=s.get("reject_infeasible", True),
+        reproducible=s.get("reproducible", False),
     )
 
 

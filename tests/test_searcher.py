@@ -15,6 +15,8 @@ from search._predict import predict, surely_infeasible
 from slimtune.cli import main
 from spaces import parse_spec
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 
 def spec_dict(name: str, **search) -> dict:
     return {
@@ -64,8 +66,9 @@ def test_infeasible_configurations_are_never_trained(ray_session, tmp_path):
     study = optuna.load_study(study_name="feasible", storage=f"sqlite:///{out / 'study.db'}")
     by_number = {t.number: t for t in study.trials}
     for n in skipped["trial_number"]:
-        t = by_number[n]  # the sampler is told: complete, but infeasible
-        assert t.state == optuna.trial.TrialState.COMPLETE and t.constraints["size_bytes"] > 0
+        t = by_number[n]  # the sampler is told: never trained (pruned), infeasible as predicted
+        assert t.state == optuna.trial.TrialState.PRUNED and t.constraints["size_bytes"] > 0
+        assert t.user_attrs["trained"] is False
 
 
 def test_surely_infeasible_has_a_tolerance():

@@ -14,6 +14,8 @@ import compress
 from search import load_results, pareto_front
 from slimtune.cli import main
 
+pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
+
 PARAMS = ["lr", "batch_size", "depth", "width", "weight_decay", "epochs", "prune_method", "sparsity",
           "finetune_epochs", "bits", "per_channel", "symmetric"]
 

@@ -1,0 +1,75 @@
+"""A trial's configuration and its results row: what the searcher asks for and records.
+
+Plain functions of the spec (no Ray, no Optuna import), shared by the searcher and the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from spaces import Spec
+
+#: Parameters that always have a column, in this order, after the spec's own space.
+COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual", "bits",
+                   "per_channel", "symmetric", "quant_mode", "qat_epochs"]
+
+#: Columns a finished trial's row takes from its final report.
+RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
+               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact")
+
+
+def trial_seed(sweep_seed: int, number: int) -> int:
+    """A trial's seed from the sweep seed and its Optuna trial number (stable across processes)."""
+    return (sweep_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)
+
+
+def param_names(spec: Spec) -> list[str]:
+    return [name for name, _ in spec.space] + COMPRESS_PARAMS
+
+
+class DefineByRun:
+    """Optuna's define-by-run function for ``spec``: a configuration from an Optuna trial."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        cfg = self.spec.sample(trial)
+        return {**cfg, "trial_number": trial.number, "seed": trial_seed(self.spec.search.seed, trial.number)}
+
+
+def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
+             status: str, error: str | None) -> dict[str, Any]:
+    """One results row (see :func:`search.load_results` for the schema)."""
+    cfg = dict(config)
+    row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
+                           "status": status, "error": error, "seed": cfg.pop("seed", None)}
+    row.update({k: cfg.get(k) for k in param_names(spec)})
+    row.update({k: v for k, v in cfg.items() if k not in row})
+    if status == "ok":
+        assert result is not None
+        row.update({k: result.get(k) for k in RESULT_KEYS})
+        row["feasible"] = all(b.violation(float(result[b.metric])) <= 0 for b in spec.constraints)
+    return row
+
+
+def outcome(spec: Spec, result: dict[str, Any] | None) -> tuple[str, str | None]:
+    """``(status, error)`` of a trial from its last report: ok, failed or stopped (early)."""
+    if not result:
+        return "failed", "the trial's worker process or node died (retries exhausted)"
+    if result.get("phase") == "failed":
+        return "failed", str(result.get("error"))
+    if result.get("phase") == "train":
+        metric = next((k for k in result if k.startswith("val_") and k != "val_loss"), "val_loss")
+        return "stopped", (f"stopped early at epoch {result.get('epoch')} ({metric}={result.get(metric):.4g}): "
+                           "smaller trials were better")
+    vals = {m: result.get(m) for m in spec.metric_names}
+    if result.get("phase") != "final" or any(v is None or not math.isfinite(float(v)) for v in vals.values()):
+        return "failed", f"objectives not finite or not reported: {vals}"
+    return "ok", None
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

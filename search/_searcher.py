@@ -1,0 +1,193 @@
+"""The searcher: Ray Tune asks it what to try next; an Optuna study proposes and records.
+
+:class:`SlimSearcher` is a ``ray.tune.search.Searcher`` driven only through Optuna's public
+ask-and-tell interface (``study.ask``/``tell``/``add_trial``, ``Trial.set_constraint``,
+``Trial.set_user_attr``). Its own state is the map from Ray trial ids to the Optuna trials it
+asked. On top of plain ask-and-tell it:
+
+* predicts each configuration's size before training; one that surely breaks a size
+  constraint is never trained, and the study records it as untrained (:func:`tell_untrained`);
+* tells outcomes: ok -> COMPLETE with constraint values, stopped early -> PRUNED, failed ->
+  FAIL; each trial carries its results ``row``, its ``config`` and its ``ray_trial_id``;
+* adds each ladder rung (another compression of a trained model) as a COMPLETE trial with
+  its ``parent``;
+* in reproducible mode (``search.reproducible``), asks configurations in batches of
+  ``concurrency`` and tells a batch only once all of it has ended, in trial-number order, so
+  the study, ladder numbering and early-stopping peers do not depend on which trial ended first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from search._data import Data
+from search._rows import DefineByRun, jsonable, make_row, outcome
+from spaces import Spec, SpecError
+
+#: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
+#: puts it with the infeasible trials; random learns nothing). NSGA-II and GP read only
+#: COMPLETE trials: they are told an untrained configuration as a marked COMPLETE trial.
+LEARN_FROM_PRUNED = ("tpe", "random")
+
+#: Consecutive configurations predicted infeasible after which the sweep gives up.
+MAX_SKIPS = 200
+
+
+def told_values(spec: Spec, predicted: dict[str, float]) -> list[float]:
+    """Objective values told for an untrained configuration (NSGA-II, GP): the prediction
+    where there is one, else the worst plausible value. The trial is marked ``trained: false``."""
+    worst = {"accuracy": 0.0, "r2": -1.0, "compression_ratio": 0.0}
+    return [float(predicted[name]) if name in predicted else (worst.get(name, 0.0) if mode == "max" else 1e12)
+            for name, mode in zip(spec.metric_names, spec.modes)]
+
+
+def tell_untrained(study: optuna.Study, spec: Spec, trial: optuna.Trial, predicted: dict[str, float]) -> None:
+    """Tell ``study`` that ``trial``'s configuration was predicted infeasible and never trained.
+
+    Its constraint values are the predicted ones. For samplers that learn from an infeasible
+    PRUNED trial it is PRUNED; for those that read only COMPLETE trials it is COMPLETE with
+    ``trained: false`` and the predicted values (every reader of slimtune leaves it out)."""
+    for b in spec.constraints:
+        if b.metric in predicted:
+            trial.set_constraint(b.metric, b.violation(float(predicted[b.metric])))
+    trial.set_user_attr("trained", False)
+    trial.set_user_attr("predicted", {k: float(v) for k, v in predicted.items()})
+    if spec.search.sampler in LEARN_FROM_PRUNED:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, told_values(spec, predicted))
+
+
+class SlimSearcher(Searcher):
+    """A Ray Tune searcher over ``study`` for ``trials`` more trainings of ``spec``.
+
+    ``rows`` receives the results rows the searcher makes itself (skipped configurations,
+    ladder rungs); ``rule`` is the early-stopping rule, whose observations reproducible
+    mode commits at batch boundaries."""
+
+    def __init__(self, spec: Spec, study: optuna.Study, data: Data | None, trials: int,
+                 rows: dict[str, dict[str, Any]], rule: Any = None) -> None:
+        super().__init__(metric=spec.metric_names, mode=spec.modes)
+        from search._predict import needs_prediction
+
+        self.spec, self.study, self.data, self.budget, self.rows, self.rule = spec, study, data, trials, rows, rule
+        self.space = DefineByRun(spec)
+        self.predicting = needs_prediction(spec) or spec.search.early_stop is not None
+        self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> the Optuna trial asked for it
+        self.started = 0
+        self.reproducible = spec.search.reproducible
+        self.batch: list[str] = []  # reproducible mode: the Ray trial ids of the current batch
+        self.batch_size = 0
+        self.ended: dict[str, tuple[dict | None, bool]] = {}  # ended in this batch, not yet told
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        return True  # the space, metrics and modes are the spec's
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.started >= self.budget:
+            return Searcher.FINISHED
+        if self.reproducible:
+            if not self.batch:
+                self.batch_size = min(self.spec.search.concurrency, self.budget - self.started)
+            elif len(self.batch) >= self.batch_size:
+                return None  # the batch is full: wait until all of it has ended
+        trial, cfg = self._ask()
+        trial.set_user_attr("config", cfg)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        self.live[trial_id] = trial
+        self.started += 1
+        if self.reproducible:
+            self.batch.append(trial_id)
+        return cfg
+
+    def _ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
+        """The next configuration predicted feasible; those predicted infeasible are told as untrained."""
+        from search._predict import predict, surely_infeasible
+
+        for _ in range(MAX_SKIPS):
+            trial = self.study.ask()
+            cfg = self.space(trial)
+            if not self.predicting:
+                return trial, cfg
+            predicted = predict(self.spec, self.data, cfg)
+            cfg["predicted_size_bytes"] = int(predicted["size_bytes"])
+            if not (self.spec.search.reject_infeasible and surely_infeasible(self.spec, predicted)):
+                return trial, cfg
+            self._skip(trial, cfg, predicted)
+        raise SpecError("constraints", "must leave some configurations feasible",
+                        f"{MAX_SKIPS} configurations in a row predicted infeasible",
+                        "relax the constraints or the space")
+
+    def _skip(self, trial: optuna.Trial, cfg: dict[str, Any], predicted: dict[str, float]) -> None:
+        broken = ", ".join(f"{b.metric}={predicted[b.metric]:.6g} (min={b.min}, max={b.max})"
+                           for b in self.spec.constraints if b.metric in predicted)
+        row = make_row(self.spec, f"skip-{trial.number}", cfg, None, "infeasible",
+                       f"predicted before training: {broken}")
+        trial.set_user_attr("config", cfg)
+        trial.set_user_attr("row", jsonable(row))
+        tell_untrained(self.study, self.spec, trial, predicted)
+        self.rows[row["trial_id"]] = row
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.live or trial_id in self.ended:
+            return
+        if not self.reproducible:
+            self._tell(trial_id, result, error)
+            return
+        self.ended[trial_id] = (result, error)
+        if len(self.ended) < len(self.batch) or len(self.batch) < self.batch_size:
+            return
+        order = sorted(self.batch, key=lambda tid: self.live[tid].number)
+        for tid in order:  # the batch boundary: tell in trial-number order
+            self._tell(tid, *self.ended[tid])
+        if self.rule is not None:
+            self.rule.commit(order)
+        self.batch, self.ended = [], {}
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
+        trial = self.live.pop(trial_id)
+        spec = self.spec
+        config = trial.user_attrs.get("config") or (result or {}).get("config") or {}
+        status, err = outcome(spec, None if error else result)
+        trial.set_user_attr("row", jsonable(make_row(spec, trial_id, config, result, status, err)))
+        if status == "stopped":
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif status == "failed":
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            assert result is not None
+            for b in spec.constraints:
+                trial.set_constraint(b.metric, b.violation(float(result[b.metric])))
+            self.study.tell(trial, [float(result[m]) for m in spec.metric_names])
+            if result.get("ladder"):
+                self._add_rungs(trial_id, trial.number, result["ladder"])
+
+    def _add_rungs(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
+        """Each rung (a compression setting of the parent's trained model) becomes a COMPLETE
+        trial of the study and a row linked to its parent."""
+        from search._observe import observation
+
+        spec = self.spec
+        for k, rung in enumerate(rungs):
+            cfg = dict(rung["config"])
+            if outcome(spec, {**rung, "phase": "final"})[0] != "ok":
+                continue
+            values = [float(rung[m]) for m in spec.metric_names]
+            cfg["trial_number"] = len(self.study.get_trials(deepcopy=False))  # only this driver writes the study
+            row = {**make_row(spec, f"{parent_id}-r{k}", cfg, rung, "ok", None), "parent": parent}
+            t = observation(spec, cfg, values, {"config": cfg, "parent": parent, "row": jsonable(row)},
+                            {b.metric: b.violation(float(rung[b.metric])) for b in spec.constraints})
+            if t is None:
+                continue
+            self.study.add_trial(t)
+            self.rows[row["trial_id"]] = row
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's periodic checkpoint: the trial map, for the record. The study is the sweep's
+        state; a sweep resumes from it (``slimtune resume``), not from Ray's checkpoint."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({tid: t.number for tid, t in self.live.items()}, f)
