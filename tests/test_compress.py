@@ -752,7 +752,7 @@ def test_fake_quantize_forward_is_the_final_quantized_model_and_gradient_is_stra
     assert all(row.unique().numel() <= 4 for row in layer.weight)  # 2 bits per channel
 
 
-QAT4 = dict(bits=4)  # per channel, asymmetric
+QAT4 = {"bits": 4}  # per channel, asymmetric
 
 
 def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

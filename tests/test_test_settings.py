@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _collect(quiet: str = "-q", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", quiet, "--collect-only", "-p", "no:cacheprovider",
                            "tests/test_progress.py"], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("name, value, rule", [
