@@ -755,28 +755,78 @@ def test_fake_quantize_forward_is_the_final_quantized_model_and_gradient_is_stra
     assert all(row.unique().numel() <= 4 for row in layer.weight)  # 2 bits per channel
 
 
-def test_qat_recovers_accuracy_that_ptq_loses() -> None:
-    # A small trained regression net; 3-bit PTQ hurts; QAT fine-tuning (Adam, STE) gets much back.
-    gen = torch.Generator().manual_seed(0)
+QAT4 = {"bits": 4}  # per channel, asymmetric
+
+
+def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((outputs(model, x) - y).square().mean())
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, cosine: bool = False) -> list[float]:
+    """Full-batch Adam on the MSE (lr decayed to 0 along a cosine if asked); each step's loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _trained_regression_net(seed: int) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """A small regression net trained to a low loss; 4-bit PTQ multiplies that loss."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(512, 8, generator=gen)
     y = torch.sin(x @ torch.randn(8, 1, generator=gen)) + 0.5 * x[:, :1] * x[:, 1:2]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    _fit(net, x, y, 0.01, 500)
+    return x, y, net
 
-    def fit(model: nn.Module, lr: float, steps: int) -> None:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            (model(x) - y).square().mean().backward()
-            opt.step()
 
-    fit(net, 0.01, 500)
-    ptq = compress.compress(net, AffineQuantize(bits=3))
-    qat = compress.compress(net, FakeQuantize(bits=3))
-    fit(qat, 1e-3, 200)
-    qat = compress.compress(qat, AffineQuantize(bits=3))
-    err = {name: float((outputs(m, x) - y).square().mean()) for name, m in [("ptq", ptq), ("qat", qat)]}
-    assert err["qat"] < 0.8 * err["ptq"], err
+def test_qat_starts_at_the_ptq_model_follows_its_gradient_and_ends_at_the_final_model() -> None:
+    # The mechanism, exactly (no threshold on a trained metric): the QAT forward pass is the
+    # PTQ model, the latent weights get the PTQ model's own gradients, and after fine-tuning
+    # the QAT forward pass is exactly the model AffineQuantize saves.
+    x, y, net = _trained_regression_net(0)
+    ptq = compress.compress(net, AffineQuantize(**QAT4))
+    qat = compress.compress(net, FakeQuantize(**QAT4))
+    assert torch.equal(outputs(qat, x), outputs(ptq, x))
+    for model in (ptq.train(), qat.train()):
+        model.zero_grad()
+        (model(x) - y).square().mean().backward()
+    latent = {n.replace(".parametrizations.weight.original", ".weight"): p for n, p in qat.named_parameters()}
+    assert latent.keys() == dict(ptq.named_parameters()).keys()
+    for name, p in ptq.named_parameters():
+        assert torch.equal(p.grad, latent[name].grad), name
+    losses = _fit(qat, x, y, 3e-4, 20, cosine=True)
+    assert losses[0] == _mse(ptq, x, y)
+    final = compress.compress(qat, AffineQuantize(**QAT4))
+    assert torch.equal(outputs(final, x), outputs(qat, x))
+    assert _mse(final, x, y) == _fit(compress.compress(qat), x, y, 0.0, 1)[0]  # the next step's loss
+
+
+@pytest.mark.ml
+def test_qat_recovers_accuracy_that_ptq_loses(seed_offset: int) -> None:
+    # 4-bit PTQ of a trained net multiplies its training loss (3.1x to 77x over seeds 0..29);
+    # QAT fine-tuning from that point (Adam, STE, cosine decay) takes back much of it. Per seed
+    # qat/ptq ranged 0.07..0.80 over seeds 0..29, so one seed proves little; the median of 5
+    # seeds stayed <= 0.66 for every 5 consecutive seeds, at 1 and 2 torch threads alike.
+    errs = []
+    for seed in range(seed_offset, seed_offset + 5):
+        x, y, net = _trained_regression_net(seed)
+        ptq = compress.compress(net, AffineQuantize(**QAT4))
+        qat = compress.compress(net, FakeQuantize(**QAT4))
+        _fit(qat, x, y, 3e-4, 200, cosine=True)
+        final = compress.compress(qat, AffineQuantize(**QAT4))
+        errs.append({"seed": seed, "fp": _mse(net, x, y), "ptq": _mse(ptq, x, y), "qat": _mse(final, x, y)})
+    assert float(np.median([e["ptq"] / e["fp"] for e in errs])) > 2, errs  # PTQ does lose accuracy
+    assert float(np.median([e["qat"] / e["ptq"] for e in errs])) < 0.8, errs
 
 
 def test_qat_with_masks_keeps_pruned_zeros_and_save_needs_the_final_quantize(tmp_path: Path) -> None:
