@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spaces import SpecError
+    from spaces import RunError, SpecError
 
     args = _parser().parse_args(argv)
     try:
@@ -44,9 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"slimtune: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("slimtune: interrupted", file=sys.stderr)
+    except RunError as exc:
+        print(f"slimtune: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"\nslimtune: {exc or 'interrupted'}", file=sys.stderr)  # \n: end the line ^C was echoed on
         return 130
+    except BrokenPipeError:  # the reader went away (`slimtune status ID | head -3`): not an error
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush into the closed pipe
+    does not print a second BrokenPipeError (the recipe in Python's `signal` documentation)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":
