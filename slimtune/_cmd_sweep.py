@@ -30,10 +30,9 @@ def _sweep(args: argparse.Namespace) -> int:
     with _interrupt_note(args.out):
         df = run_sweep(spec, args.out, base_dir=Path(args.spec).resolve().parent, quiet=args.quiet,
                        address=args.address, warm_start=args.warm_start)
-    ok = int((df["status"] == "ok").sum())
-    print(f"{ok}/{len(df)} trials finished; results in {Path(args.out) / 'results.parquet'}")
+    code = _finish(args.out, df)
     print(f"front: slimtune results {args.out} --pareto")
-    return 0 if ok else 1
+    return code
 
 
 @contextmanager
@@ -63,9 +62,18 @@ def _extend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _finish(path: str, df) -> int:
-    ok = int((df["status"] == "ok").sum())
-    print(f"{ok}/{len(df)} trials finished; results in {Path(path) / 'results.parquet'}")
-    return 0 if ok else 1
+    """Print what ended, counted as the progress counts it (trained trials against the budget),
+    and the rows that are not trainings; 1 when no trial succeeded."""
+    from search import sweep_progress
+    from search._progress import counts
+
+    p = sweep_progress(path)
+    rungs = int(df["parent"].notna().sum()) if "parent" in df else 0
+    skipped = int((df["status"] == "infeasible").sum())
+    extra = [f"{rungs} ladder rungs"] * bool(rungs) + [f"{skipped} skipped as infeasible"] * bool(skipped)
+    rows = f"{len(df)} rows" + (f" ({', '.join(extra)})" if extra else "")
+    print(f"trained trials {p.finished}/{p.budget} finished ({counts(p)}); {rows} in {Path(path) / 'results.parquet'}")
+    return 0 if (df["status"] == "ok").any() else 1
 
 
 def _resume(args: argparse.Namespace) -> int:

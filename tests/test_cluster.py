@@ -278,7 +278,7 @@ def test_submit_runs_trials_on_both_nodes(head, tmp_path, capsys):
     listing = _out(capsys)
     assert sweep_id in listing and "SUCCEEDED" in listing
     assert main(["logs", sweep_id]) == 0
-    assert "4/4 trials finished" in _out(capsys)
+    assert "trained trials 4/4 finished" in _out(capsys)
 
 
 @pytest.mark.slow
@@ -337,7 +337,7 @@ def test_worker_node_dies_mid_sweep_and_the_sweep_finishes(head, tmp_path, capsy
     _report(capsys, f"after the worker died: {time.monotonic() - t_kill:.1f}s to finish")
     tail.join(timeout=60)
     assert not tail.is_alive(), "`logs --follow` did not return when the sweep ended"
-    assert f"{budget}/{budget} trials finished" in "".join(follow)
+    assert f"trained trials {budget}/{budget} finished" in "".join(follow)
 
     df = load_results(out)
     assert len(df) == budget and (df["status"] == "ok").all(), df["error"].tolist()
