@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        return int(args._run(args))
+        code = int(args._run(args))
+        sys.stdout.flush()  # inside the try: a closed pipe raises here, not at interpreter exit
+        return code
     except SpecError as exc:
         print(f"slimtune: error: {exc}", file=sys.stderr)
         return 2
