@@ -52,9 +52,9 @@ def _spec(folder: Path, name: str = "t", **sections) -> Path:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("slimtune: "), err
-    assert "Traceback" not in err
+    """slimtune's own one line (a user's hook may print lines of its own)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("slimtune: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
 
@@ -277,7 +277,7 @@ def test_readme_lists_the_space_defaults():
     from spaces._spec import SPACE_DEFAULTS
 
     readme = (ROOT / "README.md").read_text()
-    line = next(ln for ln in readme.splitlines() if "lr: " in ln and "batch_size: " in ln and "default" in ln)
+    line = next(ln for ln in readme.splitlines() if "lr: " in ln and "batch_size: " in ln and "default" in ln.lower())
     for key, value in SPACE_DEFAULTS.items():
         assert f"{key}: {value}" in line, (key, value, line)
 
