@@ -8,6 +8,7 @@ Subcommands live in small ``slimtune/_cmd_*.py`` modules, each with a ``COMMANDS
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from slimtune import __version__
@@ -55,13 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`slimtune status ID | head -3`): not an error
         _quiet_stdout()
         return 0
+    except Exception as exc:  # any other failure of the run: one line, exit 1 (traceback on request)
+        if os.environ.get("SLIMTUNE_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"slimtune: error: {type(exc).__name__}: {first} (SLIMTUNE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush into the closed pipe
     does not print a second BrokenPipeError (the recipe in Python's `signal` documentation)."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 

@@ -215,9 +215,22 @@ def test_a_dashboard_that_does_not_answer_is_a_runtime_failure_exit_1(capsys, mo
     assert "did not answer" in _one_error_line(capsys.readouterr().err)
 
 
+def test_a_runtime_failure_is_one_line_exit_1_and_its_traceback_is_on_request(tmp_path, capsys, monkeypatch):
+    folder = _sweep_folder(tmp_path / "sweep", ROWS)
+    (tmp_path / "file").write_text("")
+    argv = ["report", str(folder), "--out", str(tmp_path / "file" / "report.html")]  # under a file: OSError
+    assert main(argv) == 1
+    assert "Error" in _one_error_line(capsys.readouterr().err)
+    monkeypatch.setenv("SLIMTUNE_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(argv)
+
+
 # --- results and progress -----------------------------------------------------------------------
 
 def _sweep_folder(tmp_path: Path, rows: list[dict]) -> Path:
+    """A sweep folder as the driver writes its table (``write_results``), without artifacts."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / SWEEP).write_text('{"name": "t", "objectives": {"accuracy": "max", "size_bytes": "min"}, '
                                   '"params": ["lr", "epochs", "bits"], "trials": 3, "created": "2026-01-01T00:00:00+0000"}')
     write_results(tmp_path, rows, ["lr", "epochs", "bits"])
