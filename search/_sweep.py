@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,7 @@ def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget
             reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
 
         def on_step(self, iteration, trials, **info) -> None:
+            raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt something swallowed
             if rows:
                 reporter.tick(list(rows.values()), running(trials))
 
@@ -425,6 +428,29 @@ def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> 
     return data, out
 
 
+#: Set by Ctrl-C during a sweep. The KeyboardInterrupt is raised at once; the results
+#: callback raises it again at the next step in case a library swallowed the first one.
+INTERRUPTED = threading.Event()
+
+
+def raise_if_interrupted() -> None:
+    """Module-level (pickled by reference with the callback that calls it; an Event cannot be)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def _catch_sigint():
+    """Install the Ctrl-C handler (main thread only); the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum, frame) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
 def _init_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; True when this call started it."""
     import ray
@@ -467,8 +493,10 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     # handler would end the run "gracefully" and tell our callbacks that running trials
     # completed. The study keeps them RUNNING, so `slimtune resume` reruns them.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    started = _init_ray(address)
+    INTERRUPTED.clear()
+    previous, started = _catch_sigint(), False
     try:
+        started = _init_ray(address)
         setup = TrialSetup(out_dir=str(out), model=spec.task.model, kind=data.kind,
                            threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder,
                            code_dir=code_dir)
@@ -494,7 +522,10 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
                                       failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
         )
         tuner.fit()
+        raise_if_interrupted()  # swallowed on the last step: still an interrupted sweep
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if started:
             import ray
 
