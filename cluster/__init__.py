@@ -36,9 +36,9 @@ def down() -> dict[str, Any] | None:
     if record.get("kind") == "launcher":
         rc = _local.launcher_down(record)
         if rc != 0:
-            from spaces import SpecError
+            from spaces import RunError
 
-            raise SpecError("config", "`ray down` must succeed", record["config"], f"it exited with {rc}")
+            raise RunError(f"ray down {record['config']}", f"exited with {rc}", "see its output above")
         record["stopped"] = 1
     else:
         record["stopped"] = _local.stop_local(record)

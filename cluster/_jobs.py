@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import _auth, _state
-from spaces import SpecError, load_spec
+from spaces import RunError, SpecError, load_spec, require_search
 
 #: Job states after which nothing changes (Ray's JobStatus values).
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -53,8 +53,8 @@ def client(address: str | None = None, record: dict[str, Any] | None = None):
                         "set RAY_AUTH_TOKEN_PATH to the cluster's token file, or copy it to ~/.ray/auth_token"
                         ) from None
     except (ConnectionError, OSError, ValueError, RuntimeError) as exc:
-        raise SpecError("address", "must reach a Ray dashboard (Jobs API)", chosen,
-                        f"{type(exc).__name__}: {exc}; is the cluster up? (`slimtune cluster up`)") from None
+        raise RunError(f"address {chosen}", f"the Ray dashboard (Jobs API) did not answer: {type(exc).__name__}: {exc}",
+                       "is the cluster up? (`slimtune cluster up`)") from None
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
@@ -69,8 +69,8 @@ def _probe(address: str, timeout: float = 10.0) -> None:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
                                  timeout=timeout).close()
     except OSError as exc:
-        raise SpecError("address", "must reach a Ray dashboard (Jobs API)", address,
-                        f"{exc.strerror or exc}; is the cluster up? (`slimtune cluster up`)") from None
+        raise RunError(f"address {address}", f"the Ray dashboard (Jobs API) did not answer: {exc.strerror or exc}",
+                       "is the cluster up? (`slimtune cluster up`)") from None
 
 
 def _storage(storage: str | None, head: dict[str, Any] | None) -> Path:
@@ -95,6 +95,7 @@ def submit(spec: str, *, address: str | None = None, storage: str | None = None,
     """
     spec_path = Path(spec).expanduser().resolve()
     parsed = load_spec(spec_path)  # bad spec: one line, exit 2, nothing submitted
+    require_search(parsed)
     wd = Path(working_dir).expanduser().resolve() if working_dir else spec_path.parent
     if not wd.is_dir():
         raise SpecError("working_dir", "must be a folder", str(wd))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import _auth, _state
-from spaces import SpecError
+from spaces import RunError, SpecError
 
 READY = "Ray runtime started"
 
@@ -77,8 +77,8 @@ def _wait_ready(node: dict[str, Any], what: str, timeout: float) -> None:
         time.sleep(0.3)
     tail = " | ".join(ln.strip() for ln in text.strip().splitlines()[-5:])
     _state.terminate([node], timeout=10)
-    raise SpecError(what, "must start (`ray start` exited or did not report ready)", tail or str(log),
-                    f"see {log}")
+    raise RunError(what, f"did not start (`ray start` exited or did not report ready): {tail or log}",
+                   f"see {log}")
 
 
 def refuse_if_running() -> None:
@@ -143,7 +143,7 @@ def start_local(*, workers: int = 0, num_cpus: int | None = None, num_gpus: int 
             _state.write_head(record)
             _wait_ready(node, f"cluster.worker{i + 1}", timeout)
         _wait_dashboard(record, timeout)
-    except SpecError:  # all or nothing: a cluster that did not come up is taken down again
+    except (SpecError, RunError):  # all or nothing: a cluster that did not come up is taken down again
         stop_local(record)
         _state.clear_head()
         raise
@@ -163,8 +163,7 @@ def _wait_dashboard(record: dict[str, Any], timeout: float) -> None:
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise SpecError("cluster.dashboard", "must answer at the recorded address", url,
-                            f"see {record['head']['log']}")
+            raise RunError("cluster dashboard", f"did not answer at {url}", f"see {record['head']['log']}")
         time.sleep(0.5)
 
 
@@ -183,7 +182,7 @@ def launcher_up(config: str) -> dict[str, Any]:
     token = _auth.ensure_token()
     rc = subprocess.call([ray_executable(), "up", "-y", str(path)], env=_auth.node_env(token))
     if rc != 0:
-        raise SpecError("config", "`ray up` must succeed", str(path), f"it exited with {rc}; see its output above")
+        raise RunError(f"ray up {path}", f"exited with {rc}", "see its output above")
     record = {"kind": "launcher", "config": str(path), "token": token,
               # `ray dashboard CONFIG` forwards the head's dashboard to this port on loopback.
               "dashboard": "http://127.0.0.1:8265", "storage": None,

@@ -90,6 +90,8 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
         df = pd.read_csv(path)
     except Exception as exc:  # pandas raises many types for malformed files
         raise SpecError("task.dataset", "must be a readable CSV file", str(path), str(exc).splitlines()[0]) from None
+    if len(df) == 0:
+        raise SpecError("task.dataset", "a CSV needs data rows below its header", f"{path} with a header row only")
     if df.shape[1] < 2:
         raise SpecError("task.dataset", "a CSV needs at least one feature column and a target column",
                         f"{path} with columns {list(df.columns)}")

@@ -187,12 +187,32 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, 
         tmp.replace(out)
         write_atomic(sidecar(out), json.dumps(manifest, indent=2).encode())
         return out
-    model = load_artifact(artifact, trust_code=trust_code, field="artifact")
+    model = load_model(artifact, sweep_meta(path).get("base_dir"), trust_code=trust_code, field="artifact")
     if fmt == "torchscript":
         _write_torchscript(model, manifest, out)
     else:
         _write_onnx(model, manifest, out)
     return out
+
+
+def load_model(artifact: str | Path, code_dir: str | None = None, *, trust_code: bool = False,
+               field: str = "model"):
+    """`load_artifact`, with the sweep's spec folder importable; a trusted ``module:function``
+    model that cannot be imported here is one line (SpecError), not a traceback."""
+    import compress
+    from search._sweep import importable
+
+    importable(code_dir)
+    try:
+        return load_artifact(artifact, trust_code=trust_code, field=field)
+    except SpecError as exc:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, (ImportError, AttributeError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise SpecError("model", "its module:function model must be importable here", str(artifact),
+                        f"{cause}; run from the spec's folder or add it to PYTHONPATH") from None
 
 
 def sidecar(path: str | Path) -> Path:
@@ -317,7 +337,9 @@ def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = Fal
             raise SpecError("model", "a slim model needs its manifest beside it", str(side),
                             "write it with `slimtune export`, which puts model.slim.json next to model.slim")
         manifest = json.loads(side.read_text())
-        model = load_artifact(path, trust_code=trust_code)
+        folder = Path(manifest.get("sweep", {}).get("folder", ""))
+        meta = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else {}
+        model = load_model(path, meta.get("base_dir"), trust_code=trust_code)
         run = _torch_runner(model)
     elif fmt == "torchscript":
         import torch
@@ -383,6 +405,8 @@ def read_features(csv: str | Path, exported: Exported) -> np.ndarray:
         df = pd.read_csv(csv, header=None if headerless else "infer")
     except Exception as exc:
         raise SpecError("data", "must be a readable CSV file", str(csv), str(exc).splitlines()[0]) from None
+    if len(df) == 0:
+        raise SpecError("data", "must hold at least one row of features", f"{csv} with a header row only")
     target = exported.manifest["preprocess"].get("target")
     if target is not None and target in df.columns:
         df = df.drop(columns=[target])

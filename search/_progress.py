@@ -29,10 +29,13 @@ class Progress:
     front_size: int
     best_under: tuple[tuple[int, float], ...] = field(default=())  # (size budget in bytes, best metric)
     metric: str = "accuracy"
+    stopped: int = 0  # stopped early by the scheduler (not counted in ``failed``)
 
     @property
     def finished(self) -> int:
-        return self.ok + self.failed
+        """Trained trials that ended (ok, failed or stopped early): what the budget counts.
+        Ladder rungs and configurations skipped as infeasible are rows, not trainings."""
+        return self.ok + self.failed + self.stopped
 
 
 def size_budgets(sizes: Iterable[float], n: int = 4) -> list[int]:
@@ -51,7 +54,8 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
     # Budget counts trainings: ladder rungs (rows with a parent) and skipped configurations do not.
     own = df[df["parent"].isna()] if "parent" in df else df
     n_ok = int((own["status"] == "ok").sum()) if len(own) else 0
-    n_failed = int(own["status"].isin(["failed", "stopped"]).sum()) if len(own) else 0
+    n_failed = int((own["status"] == "failed").sum()) if len(own) else 0
+    n_stopped = int((own["status"] == "stopped").sum()) if len(own) else 0
     metric = "r2" if "r2" in objectives else "accuracy"
     front = pareto_front(df, objectives) if len(ok) else ok
     best = []
@@ -60,10 +64,16 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
             under = ok[ok["size_bytes"] <= b][metric]
             if len(under):
                 best.append((b, float(under.max())))
-    done = session_done if session_done is not None else n_ok + n_failed
-    left = max(0, budget - n_ok - n_failed)
+    done = session_done if session_done is not None else n_ok + n_failed + n_stopped
+    left = max(0, budget - n_ok - n_failed - n_stopped)
     eta = elapsed_s / done * left if done else None
-    return Progress(budget, n_ok, n_failed, running, elapsed_s, eta, len(front), tuple(best), metric)
+    return Progress(budget, n_ok, n_failed, running, elapsed_s, eta, len(front), tuple(best), metric, n_stopped)
+
+
+def counts(p: Progress) -> str:
+    """``3 ok, 1 stopped early, 1 failed`` (stopped early only when there are some)."""
+    stopped = f", {p.stopped} stopped early" if p.stopped else ""
+    return f"{p.ok} ok{stopped}, {p.failed} failed"
 
 
 def _size(b: int) -> str:
@@ -72,7 +82,7 @@ def _size(b: int) -> str:
 
 def format_progress(p: Progress) -> list[str]:
     eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
-    lines = [f"trials {p.finished}/{p.budget} finished ({p.ok} ok, {p.failed} failed), {p.running} running; "
+    lines = [f"trained trials {p.finished}/{p.budget} finished ({counts(p)}), {p.running} running; "
              f"elapsed {p.elapsed_s:.0f}s, remaining ~{eta}; front {p.front_size}"]
     if p.best_under:
         lines.append("best " + p.metric + ": " + ", ".join(f"{v:.4f} under {_size(b)}" for b, v in p.best_under))
@@ -109,8 +119,7 @@ class Reporter:
     def trial_ended(self, row: Mapping[str, Any], rows, running: int) -> None:
         self.session_done += 1
         objs = " ".join(f"{m}={_fmt(row.get(m))}" for m in self.objectives)
-        msg = objs if row["status"] == "ok" else f"FAILED: {row['error']}"
-        line = f"trial {row['trial_number']} {row['status']}: {msg}"
+        line = trial_line(row, objs)
         if self.tty:
             self._clear()
             print(line, file=self.stream)
@@ -118,7 +127,7 @@ class Reporter:
         else:
             p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)
             eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
-            print(f"[{p.finished}/{p.budget} {p.elapsed_s:.0f}s eta {eta} front {p.front_size}] {line}",
+            print(f"[{p.finished}/{p.budget} trained, {p.elapsed_s:.0f}s, eta {eta}, front {p.front_size}] {line}",
                   file=self.stream, flush=True)
 
     def tick(self, rows, running: int) -> None:
@@ -138,6 +147,17 @@ class Reporter:
         self.stream.flush()
         self.drawn = len(lines)
         self.last_draw = time.monotonic()
+
+
+def trial_line(row: Mapping[str, Any], objectives: str) -> str:
+    """``trial 3 ok: accuracy=0.9 size_bytes=5000``, ``trial 4 failed: ValueError: ...`` or
+    ``trial 5 stopped early at epoch 2 (...)``: the status once, then what it means."""
+    n, status, error = row["trial_number"], row["status"], row.get("error")
+    if status == "ok":
+        return f"trial {n} ok: {objectives}"
+    if status == "stopped" and str(error or "").startswith("stopped"):
+        return f"trial {n} {error}"
+    return f"trial {n} {status}: {error}"
 
 
 def _fmt(v: Any) -> str:

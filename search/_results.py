@@ -22,6 +22,23 @@ METRIC_COLUMNS = [
     "size_bytes", "dense_bytes", "compression_ratio", "params", "nonzero_params",
     "latency_ms", "train_seconds", "feasible", "node", "error", "artifact", "parent",
 ]
+#: Columns of whole numbers: nullable integers (``Int64``) in :func:`load_results`, so that a
+#: missing value (a failed or stopped trial) does not turn the column into floats.
+INT_COLUMNS = ("trial_number", "seed", "size_bytes", "dense_bytes", "params", "nonzero_params", "parent",
+               "predicted_size_bytes", "epochs", "batch_size", "depth", "width", "finetune_epochs", "bits",
+               "qat_epochs")
+
+
+def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with :data:`INT_COLUMNS` as ``Int64`` where every value present is a whole number."""
+    for col in INT_COLUMNS:
+        if col not in df or isinstance(df[col].dtype, pd.Int64Dtype):
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        present = values.dropna()
+        if df[col].notna().sum() == len(present) and bool((present == present.round()).all()):
+            df[col] = values.astype("Int64")
+    return df
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -68,7 +85,9 @@ def sweep_meta(path: str | Path) -> dict[str, Any]:
 def load_results(path: str | Path) -> pd.DataFrame:
     """Read a sweep's results: one row per trial, finished or failed.
 
-    Schema (``df.attrs["objectives"]`` maps each objective to ``"max"``/``"min"``):
+    Schema (``df.attrs["objectives"]`` maps each objective to ``"max"``/``"min"``). Whole-number
+    columns (counts, bytes, trial numbers, integer parameters; :data:`INT_COLUMNS`) are
+    nullable integers (``Int64``): ``<NA>`` where a row has no value.
 
     ===================  ===========================================================
     ``trial_id``         Ray Tune trial id (also the artifact's file stem)
@@ -105,7 +124,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """
     meta = sweep_meta(path)
     p = Path(path) / RESULTS
-    df = pd.read_parquet(p) if p.is_file() else frame([], meta["params"])
+    df = integer_columns(pd.read_parquet(p) if p.is_file() else frame([], meta["params"]))
     df.attrs["objectives"] = dict(meta["objectives"])
     df.attrs["constraints"] = meta.get("constraints", {})
     df.attrs["name"] = meta["name"]
@@ -135,7 +154,7 @@ def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] | None = None) 
     ok = df[(df["status"] == "ok")] if "status" in df else df
     if "feasible" in ok:
         ok = ok[ok["feasible"].fillna(False).astype(bool)]
-    vals = ok[list(objectives)].to_numpy(dtype=float)
+    vals = ok[list(objectives)].to_numpy(dtype=float, na_value=np.nan)
     signs = np.array([-1.0 if d == "max" else 1.0 for d in objectives.values()])
     costs = vals * signs
     finite = np.all(np.isfinite(costs), axis=1)

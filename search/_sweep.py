@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, wri
 from search._rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
                           param_names, trial_seed)
 from search._trial import TrialSetup, run_trial
-from spaces import TASK_METRIC, Spec, SpecError, parse_spec
+from spaces import TASK_METRIC, Spec, SpecError, parse_spec, require_search
 
 LOCK = ".lock"
 
@@ -71,6 +73,7 @@ def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget
             reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
 
         def on_step(self, iteration, trials, **info) -> None:
+            raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt something swallowed
             if rows:
                 reporter.tick(list(rows.values()), running(trials))
 
@@ -109,6 +112,7 @@ def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
     from ray import tune
 
     try:
+        importable(setup.code_dir)
         run_trial(config, data, setup)
     except Exception as exc:
         traceback.print_exc()  # the whole traceback goes to the trial's log
@@ -170,6 +174,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def importable(code_dir: str | Path | None) -> None:
+    """Put the spec's folder on ``sys.path`` (first), so that ``module:function`` hooks beside
+    the spec import without PYTHONPATH: in the driver and in each trial's worker process.
+
+    A node that does not have the folder (a remote cluster) gets nothing here: `slimtune
+    submit` ships the spec's folder as the Ray job's ``working_dir``, which Ray puts on the
+    path of the job's driver and of every worker it starts.
+    """
+    import sys
+
+    if code_dir and Path(code_dir).is_dir() and str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+
+
 def _check_task(spec: Spec, data: Data) -> None:
     want = TASK_METRIC[data.kind]
     for name in spec.metric_names + [b.metric for b in spec.constraints]:
@@ -184,10 +202,30 @@ def _check_task(spec: Spec, data: Data) -> None:
     cfg = {**spec.sample(_FirstValues()), "seed": 0, "trial_number": 0}
     setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
     try:
-        compress.build_model(model_recipe(setup, data, cfg))
+        model = compress.build_model(model_recipe(setup, data, cfg))
     except Exception as exc:  # user code: any exception is the user's error to see
         raise SpecError("task.model", "must build a torch.nn.Module from the trial's config", spec.task.model,
                         f"{type(exc).__name__}: {exc}") from None
+    _check_forward(spec, data, model)
+
+
+def _check_forward(spec: Spec, data: Data, model) -> None:
+    """One forward pass on two training rows: a model that builds but does not fit the data
+    (input shape, output size) is a bad spec, not N failed trials."""
+    import torch
+
+    x = torch.from_numpy(data.x_train[:2])
+    try:
+        with torch.no_grad():
+            y = model.eval()(x)
+    except Exception as exc:
+        raise SpecError("task.model", f"must run on a batch of shape {list(x.shape)} (input_shape "
+                        f"{data.input_shape})", spec.task.model, f"{type(exc).__name__}: {exc}") from None
+    want = [2, data.n_outputs]
+    if not isinstance(y, torch.Tensor) or (list(y.shape) != want and not (data.n_outputs == 1 and list(y.shape) == [2])):
+        got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise SpecError("task.model", f"must return outputs of shape {want} for a batch of 2 "
+                        f"(output_dim {data.n_outputs})", spec.task.model, f"it returned {got}")
 
 
 class _FirstValues:
@@ -213,9 +251,34 @@ def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> 
     if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
         raise SpecError("out", "must not already hold a sweep", str(out),
                         f"choose another folder, or: slimtune resume {out} / slimtune extend {out} --trials N")
+    require_search(spec)
+    importable(base_dir)
     data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)
-    _check_task(spec, data)
+    _check_task(spec.for_kind(data.kind), data)
     return data, out
+
+
+#: Set by Ctrl-C during a sweep. The KeyboardInterrupt is raised at once; the results
+#: callback raises it again at the next step in case a library swallowed the first one.
+INTERRUPTED = threading.Event()
+
+
+def raise_if_interrupted() -> None:
+    """Module-level (pickled by reference with the callback that calls it; an Event cannot be)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def _catch_sigint():
+    """Install the Ctrl-C handler (main thread only); the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum, frame) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, on_sigint)
 
 
 def _init_ray(address: str | None) -> bool:
@@ -224,6 +287,10 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Worker output reaches the driver's stderr with a "(_trainable pid=...)" prefix that Ray
+    # colours with ANSI codes even when stderr is a file; RAY_COLOR_PREFIX=0 (Ray's documented
+    # switch, read by the driver as it prints) keeps the prefix and drops the colour.
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     kwargs: dict[str, Any] = dict(logging_level="ERROR", configure_logging=True)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # an existing cluster (also: the driver of a Ray job, which has RAY_ADDRESS set)
@@ -241,7 +308,7 @@ def _storage(out: Path):
 
 
 def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: dict[str, dict[str, Any]],
-           seed_offset: int, session: int, quiet: bool, address: str | None) -> None:
+           seed_offset: int, session: int, quiet: bool, address: str | None, code_dir: str | None = None) -> None:
     """Run ``trials`` more trials of ``spec`` into the sweep folder ``out``."""
     import optuna
     from ray import tune
@@ -254,10 +321,17 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # slimtune prints its own progress; Ray Tune's (verbose=0) legacy reporter prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = _init_ray(address)
+    # Ctrl-C stops the driver at once (KeyboardInterrupt), as if it were killed: Tune's own
+    # handler would end the run "gracefully" and tell our callbacks that running trials
+    # completed. The study keeps them RUNNING, so `slimtune resume` reruns them.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    INTERRUPTED.clear()
+    previous, started = _catch_sigint(), False
     try:
+        started = _init_ray(address)
         setup = TrialSetup(out_dir=str(out), model=spec.task.model, kind=data.kind,
-                           threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder)
+                           threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder,
+                           code_dir=code_dir)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data, setup=setup),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
@@ -290,7 +364,10 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
         for r in rows.values():
             r.setdefault("ended_at", now)
         write_results(out, rows.values(), param_names(spec))
+        raise_if_interrupted()  # swallowed on the last step: still an interrupted sweep
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if started:
             import ray
 
@@ -310,6 +387,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
     if warm_start is not None:
         sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, out = prepare(spec, out, base_dir)
+    spec = spec.for_kind(data.kind)  # default objectives follow the task kind found in the data
     out.mkdir(parents=True, exist_ok=True)
     with SweepLock(out):
         meta = {
@@ -338,7 +416,8 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
             enqueued, observed = seed_study(study, spec, warm_start)
             meta["warm_start"] = {"from": str(Path(warm_start).resolve()), "enqueued": enqueued, "observed": observed}
             write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
-        _drive(spec, out, data, spec.search.trials, spec.search.trials, {}, 0, 0, quiet, address)
+        _drive(spec, out, data, spec.search.trials, spec.search.trials, {}, 0, 0, quiet, address,
+               meta["base_dir"])
     return load_results(out)
 
 
@@ -376,9 +455,11 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
         raise SpecError("trials", "must be an integer >= 1", add_trials)
     spec = parse_spec(meta["spec"])
     with SweepLock(out):
+        importable(meta.get("base_dir"))
         # The split the sweep was made with (older sweeps: their search seed), recorded from now on.
         meta["split_seed"] = sweep_split_seed(meta)
         data = load_data(spec.task, meta["split_seed"], Path(meta["base_dir"]) if meta.get("base_dir") else None)
+        spec = spec.for_kind(data.kind)
         _check_task(spec, data)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=spec.name, storage=_storage(out))
@@ -396,5 +477,6 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
         write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
         remaining = budget - trained(rows.values())
         if remaining > 0:
-            _drive(spec, out, data, remaining, budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address)
+            _drive(spec, out, data, remaining, budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address,
+                   meta.get("base_dir"))
     return load_results(out)

@@ -35,6 +35,7 @@ class TrialSetup:
     threads: int = 1
     spec: Spec | None = None  # for the ladder's draws
     ladder: int = 0
+    code_dir: str | None = None  # the spec's folder, put on sys.path so module:function hooks beside it import
 
 
 def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[str, Any]:

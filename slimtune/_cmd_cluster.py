@@ -106,7 +106,9 @@ def _progress_text(p) -> str:
 
 
 def _short(p) -> str:
-    return f"{p.finished}/{p.budget} ({p.ok} ok, {p.failed} failed)" if p else "no results yet"
+    from search._progress import counts
+
+    return f"{p.finished}/{p.budget} trained ({counts(p)})" if p else "no results yet"
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from slimtune._command import Command
@@ -25,12 +27,27 @@ def _sweep(args: argparse.Namespace) -> int:
     from spaces import load_spec
 
     spec = load_spec(args.spec)
-    df = run_sweep(spec, args.out, base_dir=Path(args.spec).resolve().parent, quiet=args.quiet,
-                   address=args.address, warm_start=args.warm_start)
-    ok = int((df["status"] == "ok").sum())
-    print(f"{ok}/{len(df)} trials finished; results in {Path(args.out) / 'results.parquet'}")
+    with _interrupt_note(args.out):
+        df = run_sweep(spec, args.out, base_dir=Path(args.spec).resolve().parent, quiet=args.quiet,
+                       address=args.address, warm_start=args.warm_start)
+    code = _finish(args.out, df)
     print(f"front: slimtune results {args.out} --pareto")
-    return 0 if ok else 1
+    return code
+
+
+@contextmanager
+def _interrupt_note(out: str):
+    """On Ctrl-C: say so and how to continue (``main`` prints it, exit 130), instead of
+    reporting a finished sweep."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from search._results import SWEEP
+
+        if (Path(out) / SWEEP).is_file():
+            raise KeyboardInterrupt(f"interrupted; the trials that finished are kept; continue with: "
+                                    f"slimtune resume {shlex.quote(str(out))}") from None
+        raise KeyboardInterrupt("interrupted before the sweep started; nothing was written") from None
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
@@ -45,15 +62,25 @@ def _extend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _finish(path: str, df) -> int:
-    ok = int((df["status"] == "ok").sum())
-    print(f"{ok}/{len(df)} trials finished; results in {Path(path) / 'results.parquet'}")
-    return 0 if ok else 1
+    """Print what ended, counted as the progress counts it (trained trials against the budget),
+    and the rows that are not trainings; 1 when no trial succeeded."""
+    from search import sweep_progress
+    from search._progress import counts
+
+    p = sweep_progress(path)
+    rungs = int(df["parent"].notna().sum()) if "parent" in df else 0
+    skipped = int((df["status"] == "infeasible").sum())
+    extra = [f"{rungs} ladder rungs"] * bool(rungs) + [f"{skipped} skipped as infeasible"] * bool(skipped)
+    rows = f"{len(df)} rows" + (f" ({', '.join(extra)})" if extra else "")
+    print(f"trained trials {p.finished}/{p.budget} finished ({counts(p)}); {rows} in {Path(path) / 'results.parquet'}")
+    return 0 if (df["status"] == "ok").any() else 1
 
 
 def _resume(args: argparse.Namespace) -> int:
     from search import resume_sweep
 
-    return _finish(args.path, resume_sweep(args.path, quiet=args.quiet, address=args.address))
+    with _interrupt_note(args.path):
+        return _finish(args.path, resume_sweep(args.path, quiet=args.quiet, address=args.address))
 
 
 def _extend(args: argparse.Namespace) -> int:
@@ -62,8 +89,9 @@ def _extend(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise SpecError("--trials", "must be an integer >= 1", args.trials)
-    return _finish(args.path, resume_sweep(args.path, add_trials=args.trials, quiet=args.quiet,
-                                           address=args.address))
+    with _interrupt_note(args.path):
+        return _finish(args.path, resume_sweep(args.path, add_trials=args.trials, quiet=args.quiet,
+                                               address=args.address))
 
 
 TABLE_COLUMNS = ["trial_number", "status", "accuracy", "r2", "test_accuracy", "test_r2", "size_bytes",

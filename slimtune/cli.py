@@ -8,6 +8,7 @@ Subcommands live in small ``slimtune/_cmd_*.py`` modules, each with a ``COMMANDS
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from slimtune import __version__
@@ -36,17 +37,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spaces import SpecError
+    from spaces import RunError, SpecError
 
     args = _parser().parse_args(argv)
     try:
-        return int(args._run(args))
+        code = int(args._run(args))
+        sys.stdout.flush()  # inside the try: a closed pipe raises here, not at interpreter exit
+        return code
     except SpecError as exc:
         print(f"slimtune: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("slimtune: interrupted", file=sys.stderr)
+    except RunError as exc:
+        print(f"slimtune: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"\nslimtune: {exc or 'interrupted'}", file=sys.stderr)  # \n: end the line ^C was echoed on
         return 130
+    except BrokenPipeError:  # the reader went away (`slimtune status ID | head -3`): not an error
+        _quiet_stdout()
+        return 0
+    except Exception as exc:  # any other failure of the run: one line, exit 1 (traceback on request)
+        if os.environ.get("SLIMTUNE_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"slimtune: error: {type(exc).__name__}: {first} (SLIMTUNE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush into the closed pipe
+    does not print a second BrokenPipeError (the recipe in Python's `signal` documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

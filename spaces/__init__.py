@@ -4,7 +4,7 @@ Imports neither torch nor ray (a test keeps it so).
 """
 
 from spaces._distributions import Choice, Fixed, IntRange, LogUniform, Param, Uniform, parse_param, suggest, to_json
-from spaces._errors import SpecError
+from spaces._errors import RunError, SpecError
 from spaces._spec import (
     BUILTIN_DATASETS,
     METRICS,
@@ -19,10 +19,11 @@ from spaces._spec import (
     Task,
     load_spec,
     parse_spec,
+    require_search,
 )
 
 __all__ = [
     "BUILTIN_DATASETS", "METRICS", "TASK_METRIC", "Bound", "Choice", "Fixed", "IntRange", "LogUniform",
-    "Objective", "Param", "Prune", "Quantize", "Resources", "Search", "Spec", "SpecError", "Task",
-    "Uniform", "load_spec", "parse_param", "parse_spec", "suggest", "to_json",
+    "Objective", "Param", "Prune", "Quantize", "Resources", "RunError", "Search", "Spec", "SpecError", "Task",
+    "Uniform", "load_spec", "parse_param", "parse_spec", "require_search", "suggest", "to_json",
 ]

@@ -124,11 +124,13 @@ def parse_param(field: str, raw: Any) -> Param:
     raise SpecError(field, "must be a number, string, boolean or a {distribution: ...} mapping", raw)
 
 
-def check_values(field: str, param: Param, ok: Callable[[Any], bool], rule: str) -> Param:
-    """Check every value ``param`` can take against ``ok``; raise naming ``rule`` otherwise."""
+def check_values(field: str, param: Param, ok: Callable[[Any], bool], rule: str, raw: Any = None) -> Param:
+    """Check every value ``param`` can take against ``ok``; raise naming ``rule`` otherwise.
+
+    The error shows ``raw`` (the value as the user wrote it) when given, else the spec form of
+    ``param`` (:func:`to_json`), never the internal object."""
     if not param.values_ok(ok):
-        shown = param.value if isinstance(param, Fixed) else param
-        raise SpecError(field, rule, shown)
+        raise SpecError(field, rule, raw if raw is not None else to_json(param))
     return param
 
 

@@ -192,6 +192,23 @@ class Spec:
                 cfg["qat_epochs"] = suggest(trial, "qat_epochs", qu.qat_epochs)
         return cfg
 
+    @property
+    def searched(self) -> list[str]:
+        """The names of the parameters that take more than one value (space, epochs, compress)."""
+        params = [*self.space, ("epochs", self.task.epochs),
+                  *((f"prune.{k}", v) for k, v in vars(self.prune).items()),
+                  *((f"quantize.{k}", v) for k, v in vars(self.quantize).items())]
+        return [name for name, p in params if p is not None and not isinstance(p, Fixed)]
+
+    def for_kind(self, kind: str) -> "Spec":
+        """This spec once the data's task kind is known: objectives the user did not write
+        follow the kind (``r2`` for regression, ``accuracy`` for classification)."""
+        if "objectives" in self.source or self.task.kind is not None:
+            return self
+        import dataclasses
+
+        return dataclasses.replace(self, objectives=_parse_objectives(None, kind))
+
     def constraint_values(self, metrics: Mapping[str, float]) -> list[float]:
         return [b.violation(float(metrics[b.metric])) for b in self.constraints]
 
@@ -236,7 +253,7 @@ def _param(path: str, raw: Any, ok, rule: str, int_only: bool = False) -> Param:
     if int_only and not isinstance(p, IntRange):
         ok_ = ok
         ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and ok_(v)  # noqa: E731
-    return check_values(path, p, ok, rule)
+    return check_values(path, p, ok, rule, raw)
 
 
 def _is_int(v: Any) -> bool:
@@ -384,9 +401,9 @@ def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
         qat_epochs=_param("compress.quantize.qat_epochs", q.get("qat_epochs", 1),
                           lambda v: _is_int(v) and v >= 1, "must be an integer >= 1 (mode: ptq for none)", True),
     )
-    if isinstance(quant.bits, IntRange):
-        raise SpecError("compress.quantize.bits", "must be fixed or a choice (9..31 are not valid)",
-                        {"int": [quant.bits.low, quant.bits.high]}, "use {choice: [...]}")
+    if isinstance(quant.bits, IntRange) and quant.bits.high > 8:  # {int: [4, 8]} means 4..8 bits
+        raise SpecError("compress.quantize.bits", "an int range of bits must lie within 2..8 (9..31 are not valid)",
+                        q["bits"], "use {choice: [4, 8, 32]} to include 32 (no quantization)")
     modes = {quant.mode.value} if isinstance(quant.mode, Fixed) else set(quant.mode.values)
     if "qat_epochs" in q and "qat" not in modes:
         raise SpecError("compress.quantize.qat_epochs", "is only used when mode is qat", q["qat_epochs"],
@@ -462,6 +479,17 @@ def parse_spec(raw: Any) -> Spec:
         resources=_parse_resources(top.get("resources")),
         source=raw,
     )
+
+
+def require_search(spec: Spec) -> None:
+    """Refuse, before a sweep starts, a spec of several trials in which nothing is searched
+    (each trial would train the same configuration). ``parse_spec`` accepts such a spec: a
+    fixed configuration is a valid description, just not a sweep."""
+    if spec.search.trials > 1 and not spec.searched:
+        raise SpecError("space", f"must search at least one parameter: every value is fixed, so all "
+                        f"{spec.search.trials} trials would train the same configuration",
+                        spec.source.get("space", {}),
+                        "add e.g. space: {lr: {log_uniform: [1.0e-4, 1.0e-2]}}, or set search.trials: 1")
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -191,18 +191,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     spec = _spec(tmp_path / "s", "t-bad", 2)
     nowhere = f"http://127.0.0.1:{free_port()}"
-    cases = [
-        (["submit", str(tmp_path / "missing.yaml"), "--address", nowhere], "spec"),
-        (["submit", str(spec)], "address"),  # no --address, no RAY_ADDRESS, no recorded cluster
-        (["submit", str(spec), "--address", nowhere], "address"),
-        (["submit", str(spec), "--address", nowhere, "--working-dir", str(tmp_path / "elsewhere")], "working_dir"),
-        (["status", "no-such-sweep", "--address", nowhere], "address"),
-        (["results", "no-such-sweep"], "path"),
-        (["cluster", "up", "no-such-launcher.yaml"], "config"),
+    cases = [  # bad input exits 2; a dashboard that does not answer is a runtime failure, exit 1
+        (["submit", str(tmp_path / "missing.yaml"), "--address", nowhere], "spec", 2),
+        (["submit", str(spec)], "address", 2),  # no --address, no RAY_ADDRESS, no recorded cluster
+        (["submit", str(spec), "--address", nowhere], "address", 1),
+        (["submit", str(spec), "--address", nowhere, "--working-dir", str(tmp_path / "elsewhere")], "working_dir", 2),
+        (["status", "no-such-sweep", "--address", nowhere], "address", 1),
+        (["results", "no-such-sweep"], "path", 2),
+        (["cluster", "up", "no-such-launcher.yaml"], "config", 2),
     ]
-    for argv, field in cases:
+    for argv, field, code in cases:
         capsys.readouterr()
-        assert main(argv) == 2, argv
+        assert main(argv) == code, argv
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("slimtune:")]
         assert len(err) == 1 and err[0].startswith(f"slimtune: error: {field}"), (argv, err)
     with pytest.raises(Exception, match="sweep folder or a sweep id"):
@@ -278,7 +278,7 @@ def test_submit_runs_trials_on_both_nodes(head, tmp_path, capsys):
     listing = _out(capsys)
     assert sweep_id in listing and "SUCCEEDED" in listing
     assert main(["logs", sweep_id]) == 0
-    assert "4/4 trials finished" in _out(capsys)
+    assert "trained trials 4/4 finished" in _out(capsys)
 
 
 @pytest.mark.slow
@@ -337,7 +337,7 @@ def test_worker_node_dies_mid_sweep_and_the_sweep_finishes(head, tmp_path, capsy
     _report(capsys, f"after the worker died: {time.monotonic() - t_kill:.1f}s to finish")
     tail.join(timeout=60)
     assert not tail.is_alive(), "`logs --follow` did not return when the sweep ended"
-    assert f"{budget}/{budget} trials finished" in "".join(follow)
+    assert f"trained trials {budget}/{budget} finished" in "".join(follow)
 
     df = load_results(out)
     assert len(df) == budget and (df["status"] == "ok").all(), df["error"].tolist()

@@ -43,7 +43,7 @@ def test_plain_reporter_prints_one_line_per_trial():
         r.tick(rs[: i + 1], running=0)  # no redraw when not a terminal
     lines = out.getvalue().splitlines()
     assert len(lines) == 4
-    assert lines[-1].startswith("[4/4 ") and "FAILED: ValueError: x" in lines[-1]
+    assert lines[-1].startswith("[4/4 trained") and lines[-1].endswith("] trial 3 failed: ValueError: x")
     assert "\x1b" not in out.getvalue()
 
 

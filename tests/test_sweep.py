@@ -171,7 +171,7 @@ def test_csv_regression_sweep(ray_session, tmp_path, seed_offset):
         "name": "t-reg",
         "task": {"dataset": "house.csv", "target": "price", "model": "mlp", "epochs": 15},
         "objectives": {"r2": "max", "size_bytes": "min"},
-        "space": {"lr": 0.01, "batch_size": 32, "depth": 1, "width": 16},
+        "space": {"lr": 0.01, "batch_size": 32, "depth": 1, "width": {"choice": [16, 32]}},
         "search": {"trials": 2, "concurrency": 2, "sampler": "random", "seed": 1 + seed_offset},
     }
     out = tmp_path / "run"
