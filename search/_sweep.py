@@ -21,6 +21,7 @@ import pandas as pd
 from search._data import Data, load_data
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
+from search.storage import pid_alive
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
@@ -310,7 +311,7 @@ class SweepLock:
                     holder = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     holder = {}
-                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
                     self.path.unlink(missing_ok=True)  # stale: its driver is gone
                     continue
                 raise SpecError("out", "must not be in use by another sweep driver", str(self.path.parent),
@@ -326,18 +327,6 @@ class SweepLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_task(spec: Spec, data: Data) -> None:
