@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 from search._data import Data, load_data
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
-from search.storage import pid_alive
+from search.storage import Lease, Storage
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
@@ -290,43 +289,15 @@ def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
 # The sweep folder: lock, metadata, and checks that run before Ray starts.
 
 
-class SweepLock:
-    """An exclusive lock on a sweep folder, held while a driver runs in it.
+class SweepLock(Lease):
+    """The lease on a sweep folder (a path or a URI), held while a driver runs in it.
 
-    The lock file records host and pid; a lock left by a process that no longer exists
-    (a killed driver) is taken over.
+    A lock left by a driver that no longer runs (same host, pid gone) is taken over; see
+    :class:`search.storage.Lease` for object stores' heartbeat.
     """
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
-        self.held = False
-
-    def __enter__(self) -> "SweepLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its driver is gone
-                    continue
-                raise SpecError("out", "must not be in use by another sweep driver", str(self.path.parent),
-                                f"held by pid {holder.get('pid')} on {holder.get('host')}; wait for it, "
-                                f"or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise SpecError("out", "lock could not be taken", str(self.path))
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+    def __init__(self, out: Path | str) -> None:
+        super().__init__(Storage.open(out), LOCK)
 
 
 def _check_task(spec: Spec, data: Data) -> None:
