@@ -3,6 +3,7 @@ the bounded checks before Ray starts, and load_results from a URI."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -277,7 +278,7 @@ def tiny_sweep(folder: Path) -> None:
     (folder / "sweep.json").write_text(json.dumps(meta))
 
 
-def test_load_results_from_s3(s3_endpoint, tmp_path):
+def test_load_results_and_cli_results_from_s3(s3_endpoint, tmp_path, capsys):
     local = tmp_path / "run1"
     tiny_sweep(local)
     remote = Storage.open(f"s3://{BUCKET}/sweeps/run1")
@@ -287,6 +288,11 @@ def test_load_results_from_s3(s3_endpoint, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert b.attrs == a.attrs and b.attrs["objectives"] == {"accuracy": "max", "size_bytes": "min"}
     assert sweep_meta(remote.uri)["name"] == "tiny"
+    from slimtune.cli import main
+
+    capsys.readouterr()
+    assert main(["results", remote.uri, "--pareto", "--format", "csv"]) == 0
+    assert pd.read_csv(io.StringIO(capsys.readouterr().out))["trial_id"].tolist() == ["t2"]
     with pytest.raises(SpecError, match=r"^path: must be a sweep folder \(holding sweep.json\)"):
         load_results(f"s3://{BUCKET}/sweeps/none")
     with pytest.raises(SpecError, match=r"^path: bucket 'absent-bucket' must exist"):
