@@ -60,18 +60,18 @@ def write_sweep(record: dict[str, Any]) -> None:
 
 
 # --- processes this client started, identified by pid and start time (pids get reused) ---
-# The one process check lives in search.storage; imported on call, so `import cluster` stays lean.
+# The one process check lives in search.lease; imported on call, so `import cluster` stays lean.
 
 def start_time(pid: int) -> str | None:
     """The process's start time as the kernel records it, or None when it is gone (or a zombie)."""
-    from search.storage import process_start_time
+    from search.lease import process_start_time
 
     return process_start_time(pid)
 
 
 def alive(proc: dict[str, Any]) -> bool:
     """Whether the recorded process ``{"pid", "start_time"}`` still runs (the same process, not a reuse)."""
-    from search.storage import pid_alive
+    from search.lease import pid_alive
 
     return pid_alive(int(proc["pid"]), proc.get("start_time"))
 

@@ -1,7 +1,8 @@
 """Sweeps: Ray Tune + Optuna over a spec, and their results as one pandas DataFrame.
 
-Names load on first use (PEP 562), so ``import search.storage`` (the storage seam and the one
-process check, which ``cluster`` uses) does not pull in Ray or torch.
+Names load on first use (PEP 562), so importing ``search.storage`` or ``search.lease`` (the
+storage seam, the lease and the one process check, which ``cluster`` uses) pulls in neither Ray
+nor torch.
 """
 
 from importlib import import_module

@@ -20,7 +20,8 @@ import pandas as pd
 from search._data import Data, load_data
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
-from search.storage import Lease, Storage
+from search.lease import Lease
+from search.storage import Storage
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
@@ -293,7 +294,7 @@ class SweepLock(Lease):
     """The lease on a sweep folder (a path or a URI), held while a driver runs in it.
 
     A lock left by a driver that no longer runs (same host, pid gone) is taken over; see
-    :class:`search.storage.Lease` for object stores' heartbeat.
+    :class:`search.lease.Lease` for object stores' heartbeat.
     """
 
     def __init__(self, out: Path | str) -> None:

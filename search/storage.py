@@ -2,8 +2,9 @@
 
 :class:`Storage` is made from a plain path, ``file://``, ``s3://`` or ``gs://`` and offers what a
 sweep needs (read, atomic write, list, sizes). :meth:`Storage.check` proves, before Ray starts and
-within a bounded time, that the bucket exists and the credentials are accepted. :class:`Lease` is
-the one-driver-per-sweep lock over any storage; :func:`pid_alive` the one process check.
+within a bounded time, that the bucket exists and the credentials are accepted.
+:func:`write_local_atomic` is the one atomic write of a local file. The lock over a storage is
+:class:`search.lease.Lease`.
 
 Credentials come from the standard chains only (``AWS_*`` variables and profiles, ``AWS_ENDPOINT_URL``
 for S3-compatible stores, ``GOOGLE_APPLICATION_CREDENTIALS``); a URI that carries them is refused,
@@ -12,16 +13,12 @@ so :attr:`Storage.uri` is always safe to record.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pyarrow.fs as pafs
@@ -267,128 +264,3 @@ def write_local_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# ---------------------------------------------------------------------------------------
-# One driver per sweep: a lease object any storage can hold.
-
-
-def process_start_time(pid: int) -> str | None:
-    """The process's start time as the kernel records it ("?" without /proc), or None when it is gone."""
-    if not Path("/proc/self/stat").is_file():  # no /proc (macOS): "exists" is all we can tell
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reaps it when it is our own child
-        except ChildProcessError:
-            pass
-        return None
-    return fields[19]  # field 22 of /proc/<pid>/stat: start time in clock ticks after boot
-
-
-def pid_alive(pid: int, start_time: str | None = None) -> bool:
-    """Whether process ``pid`` runs on this host (and, given its recorded ``start_time``, is that same process)."""
-    if pid <= 0:
-        return False
-    now = process_start_time(pid)
-    return now is not None and (now == "?" or start_time in (None, "?", now))
-
-
-class Lease:
-    """An exclusive claim on a storage, held by one driver while it runs.
-
-    The lease object records owner, host, pid, the process's start time and a heartbeat time.
-    Another driver is refused while the lease is fresh; it takes the lease over when it is
-    stale: its process is gone on the same host, or (with a ``ttl``) its heartbeat is older than
-    ``ttl`` seconds. A holder with a ``ttl`` calls :meth:`heartbeat` more often than that.
-    ``ttl`` defaults to None (no expiry) on a local folder and 60 s on an object store.
-    """
-
-    def __init__(self, storage: Storage, name: str = ".lock", ttl: float | None | str = "auto",
-                 field: str = "out") -> None:
-        self.storage, self.name, self.field = storage, name, field
-        self.ttl = (None if storage.local_path is not None else 60.0) if ttl == "auto" else ttl
-        self.owner = uuid.uuid4().hex
-        self.held = False
-
-    def record(self) -> dict[str, Any]:
-        pid = os.getpid()
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": pid,
-                "start_time": process_start_time(pid), "heartbeat": time.time(), "ttl": self.ttl}
-
-    def holder(self) -> dict[str, Any] | None:
-        """The lease's current record, or None when nobody holds it."""
-        try:
-            return json.loads(self.storage.read_bytes(self.name) or b"{}")
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}  # unreadable: a writer died mid-way on a store without atomic writes
-
-    def stale(self, rec: dict[str, Any]) -> bool:
-        if not rec:
-            return True
-        if rec.get("host") == socket.gethostname() and not pid_alive(int(rec.get("pid", -1)), rec.get("start_time")):
-            return True
-        ttl = rec.get("ttl")
-        return ttl is not None and time.time() - float(rec.get("heartbeat", 0)) > float(ttl)
-
-    def __enter__(self) -> Self:
-        for _ in range(3):
-            rec = self.holder()
-            if rec is not None and not self.stale(rec):
-                raise self._busy(rec)
-            if rec is not None:
-                self.storage.delete(self.name)
-            if self._claim():
-                self.held = True
-                return self
-        raise SpecError(self.field, "lease could not be taken", self.storage.uri_of(self.name),
-                        "another driver keeps claiming it; retry")
-
-    def _claim(self) -> bool:
-        data = json.dumps(self.record()).encode()
-        local = self.storage.local_path
-        if local is not None:
-            try:
-                fd = os.open(self.storage.join(self.name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
-        # Object stores: last writer wins. Write, let a racing writer land, read back.
-        self.storage.write_atomic(self.name, data)
-        time.sleep(0.2)
-        return (self.holder() or {}).get("owner") == self.owner
-
-    def _busy(self, rec: dict[str, Any]) -> SpecError:
-        age = time.time() - float(rec.get("heartbeat", time.time()))
-        return SpecError(self.field, "must not be in use by another sweep driver", self.storage.uri,
-                         f"held by pid {rec.get('pid')} on {rec.get('host')} (heartbeat {age:.0f} s ago); "
-                         f"wait for it, or delete {self.storage.uri_of(self.name)} if that process is gone")
-
-    def heartbeat(self) -> None:
-        """Renew the lease; RuntimeError when another driver has taken it over meanwhile."""
-        rec = self.holder()
-        if not rec or rec.get("owner") != self.owner:
-            self.held = False
-            raise RuntimeError(f"lease {self.storage.uri_of(self.name)} was taken over by "
-                               f"pid {(rec or {}).get('pid')} on {(rec or {}).get('host')}")
-        self.storage.write_atomic(self.name, json.dumps(self.record()).encode())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held and (self.holder() or {}).get("owner") == self.owner:
-            self.storage.delete(self.name)
-        self.held = False

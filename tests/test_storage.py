@@ -19,10 +19,12 @@ import pytest
 
 from search import load_results
 from search._results import sweep_meta, write_results
-from search.storage import Lease, Storage, pid_alive, process_start_time
+from search.lease import Lease, pid_alive, process_start_time
+from search.storage import Storage
 from spaces import SpecError
 
 BUCKET = "slimtune-test"
+PLANTED = "planted-secret-4f1c"  # the session's AWS secret: must never be stored
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +65,7 @@ def s3_endpoint():
     """A real S3 API on loopback, with the standard AWS variables pointing at it."""
     port = free_port()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_SECRET_ACCESS_KEY": PLANTED, "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     proc = start_moto(port)
@@ -248,7 +250,7 @@ def test_lease_heartbeat_ttl_on_object_store(s3_endpoint):
     with pytest.raises(SpecError, match="must not be in use"):  # fresh, on another host: respected
         Lease(store).__enter__()
     store.write_atomic(".lock", json.dumps({**other_host, "heartbeat": time.time() - 61}).encode())
-    with Lease(store) as mine:  # stale heartbeat: taken over
+    with Lease(store, renew=False) as mine:  # stale heartbeat: taken over
         assert mine.ttl == 60.0
         stolen = {**other_host, "owner": "thief", "heartbeat": time.time()}
         store.write_atomic(".lock", json.dumps(stolen).encode())
@@ -300,10 +302,32 @@ def test_load_results_and_cli_results_from_s3(s3_endpoint, tmp_path, capsys):
 
 
 def test_process_check_is_light_for_cluster():
-    """cluster uses search.storage's one process check; `cluster down` must still not load Ray or torch."""
+    """cluster uses search.lease's one process check; `cluster down` must still not load Ray or torch."""
     code = ("import os, sys, cluster._state as s; assert s.alive({'pid': os.getpid()}); "
             "print(','.join(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == ""
+
+
+def test_lease_renews_itself_while_held(s3_endpoint):
+    store = Storage.open(f"s3://{BUCKET}/lease-renew")
+    with Lease(store, ttl=3.0) as mine:
+        first = mine.holder()["heartbeat"]
+        time.sleep(4.5)  # longer than the ttl: only the renewals keep it fresh
+        assert mine.holder()["heartbeat"] > first
+        with pytest.raises(SpecError, match="must not be in use"):
+            Lease(store, ttl=3.0).__enter__()
+        assert mine.lost is None
+    assert not store.exists(".lock")
+
+
+def test_storage_pickles_without_credentials(s3_endpoint):
+    import pickle
+
+    store = Storage.open(f"s3://{BUCKET}/pickled")
+    store.write_atomic("a", b"1")
+    blob = pickle.dumps(store)
+    assert PLANTED.encode() not in blob and PLANTED not in store.uri
+    assert pickle.loads(blob).read_bytes("a") == b"1"  # as a Ray worker would: credentials from its env
