@@ -21,7 +21,7 @@ from search._data import Data, load_data
 from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
 from search._trial import TrialSetup, run_trial
 from search.lease import Lease
-from search.storage import Storage
+from search.storage import Storage, local_folder
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
@@ -338,7 +338,7 @@ class _FirstValues:
 
 def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> tuple[Data, Path]:
     """Everything that can fail on bad input, before Ray starts: the folder, the data, the hooks."""
-    out = Path(out).resolve()
+    out = local_folder(out).resolve()
     if out.exists() and not out.is_dir():
         raise SpecError("out", "must be a folder", str(out))
     if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
@@ -487,7 +487,7 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
     """
     import optuna
 
-    out = Path(path).resolve()
+    out = local_folder(path, "path").resolve()
     meta = sweep_meta(out)
     if add_trials < 0:
         raise SpecError("trials", "must be an integer >= 1", add_trials)

@@ -331,3 +331,44 @@ def test_storage_pickles_without_credentials(s3_endpoint):
     blob = pickle.dumps(store)
     assert PLANTED.encode() not in blob and PLANTED not in store.uri
     assert pickle.loads(blob).read_bytes("a") == b"1"  # as a Ray worker would: credentials from its env
+
+
+@pytest.mark.parametrize(("argv", "expect"), [
+    (["sweep", str(ROOT / "examples" / "digits.yaml"), "--out", f"s3://{BUCKET}/run"],
+     f"out: must be a local folder: sweeps are not yet written to object storage, but got 's3://{BUCKET}/run'"),
+    (["sweep", str(ROOT / "examples" / "digits.yaml"), "--out", "hdfs://nn/run"],
+     "out: storage scheme must be one of"),
+    (["sweep", str(ROOT / "examples" / "digits.yaml"), "--out", "s3://KEY:PLANTEDSECRET@b/run"],
+     "out: a storage URI must not carry credentials"),
+    (["resume", f"s3://{BUCKET}/run"], "path: must be a local folder"),
+])
+def test_sweep_to_a_uri_is_refused_before_anything_is_written(argv, expect, tmp_path, monkeypatch, capsys):
+    """Until the driver writes to object storage: exit 2, one line, and no local folder named `s3:`."""
+    from slimtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and len(err.splitlines()) == 1 and "PLANTEDSECRET" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_warm_start_reads_an_earlier_sweep_from_s3(s3_endpoint, tmp_path):
+    import optuna
+
+    from search._observe import warm_start
+    from spaces import parse_spec
+
+    local = tmp_path / "earlier"
+    tiny_sweep(local)
+    remote = Storage.open(f"s3://{BUCKET}/sweeps/earlier")
+    for name in ("results.parquet", "sweep.json"):
+        remote.write_atomic(name, (local / name).read_bytes())
+    spec = parse_spec({"name": "later", "task": {"dataset": "digits", "model": "mlp", "epochs": 1},
+                       "space": {"lr": {"log_uniform": [1e-3, 3e-2]}, "batch_size": 64, "depth": 1, "width": 16},
+                       "search": {"trials": 2, "sampler": "random", "seed": 0}})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert warm_start(study, spec, remote.uri) == (1, 0)  # the earlier front: t2 alone
+    [queued] = study.trials
+    assert queued.user_attrs["warm_start_from"] == remote.uri
+    assert study.ask().suggest_float("lr", 1e-3, 3e-2, log=True) == pytest.approx(0.03)
