@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Self
 
-from search.storage import Storage
+from search.storage import Storage, write_local_atomic
 from spaces import SpecError
 
 
@@ -99,7 +99,7 @@ class Lease:
             rec = self.holder()
             if rec is not None and not self.stale(rec):
                 raise self._busy(rec)
-            if rec is not None:
+            if rec is not None and self.holder() == rec:  # still that stale record: remove it
                 self.storage.delete(self.name)
             if self._claim():
                 self.held = True
@@ -115,13 +115,16 @@ class Lease:
     def _claim(self) -> bool:
         data = json.dumps(self.record()).encode()
         local = self.storage.local_path
-        if local is not None:
+        if local is not None:  # the record appears whole or not at all: written aside, then hard-linked
+            path = Path(self.storage.join(self.name))
+            tmp = path.with_name(f".{path.name}.{self.owner}.tmp")
             try:
-                fd = os.open(self.storage.join(self.name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                write_local_atomic(tmp, data)
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                tmp.unlink(missing_ok=True)
             return True
         # Object stores: last writer wins. Write, let a racing writer land, read back.
         self.storage.write_atomic(self.name, data)

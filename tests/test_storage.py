@@ -60,9 +60,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_endpoint():
-    """A real S3 API on loopback, with the standard AWS variables pointing at it."""
+    """A real S3 API on loopback, with the standard AWS variables pointing at it (this module only)."""
     port = free_port()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": PLANTED, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -372,3 +372,28 @@ def test_warm_start_reads_an_earlier_sweep_from_s3(s3_endpoint, tmp_path):
     [queued] = study.trials
     assert queued.user_attrs["warm_start_from"] == remote.uri
     assert study.ask().suggest_float("lr", 1e-3, 3e-2, log=True) == pytest.approx(0.03)
+
+
+def test_local_lease_has_exactly_one_winner_under_a_race(tmp_path):
+    import threading
+
+    store = Storage.open(tmp_path)
+    barrier, won, refused = threading.Barrier(8), [], []
+
+    def take() -> None:
+        lease = Lease(store)
+        barrier.wait()
+        try:
+            won.append(lease.__enter__())
+        except SpecError:
+            refused.append(lease)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7
+    assert won[0].holder()["owner"] == won[0].owner
+    won[0].__exit__(None, None, None)
+    assert store.listdir() == []  # no lock, no temporary file left
