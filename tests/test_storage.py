@@ -295,6 +295,12 @@ def test_load_results_and_cli_results_from_s3(s3_endpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["results", remote.uri, "--pareto", "--format", "csv"]) == 0
     assert pd.read_csv(io.StringIO(capsys.readouterr().out))["trial_id"].tolist() == ["t2"]
+    # plot and report read the URI; by default they write beside the sweep, there
+    assert main(["plot", remote.uri]) == 0 and main(["report", remote.uri]) == 0
+    assert capsys.readouterr().out.split() == [remote.uri_of("pareto.png"), remote.uri_of("report.html")]
+    assert remote.read_bytes("pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tiny" in remote.read_bytes("report.html").decode()
+    assert main(["plot", remote.uri, "--out", str(tmp_path / "p.png")]) == 0 and (tmp_path / "p.png").is_file()
     with pytest.raises(SpecError, match=r"^path: must be a sweep folder \(holding sweep.json\)"):
         load_results(f"s3://{BUCKET}/sweeps/none")
     with pytest.raises(SpecError, match=r"^path: bucket 'absent-bucket' must exist"):
