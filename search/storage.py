@@ -39,7 +39,7 @@ OPTIONS = {"s3": ("region", "endpoint_override", "scheme"), "gs": ("endpoint_ove
 SECRET_KEYS = ("access_key", "secret_key", "session_token", "access_token", "password", "token", "credentials")
 
 
-def _mask(uri: str) -> str:
+def redact(uri: str) -> str:
     """``uri`` with any user-info and query values hidden, for error messages."""
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -97,25 +97,25 @@ class Storage:
         scheme = "gs" if scheme == "gcs" else scheme
         if scheme not in SCHEMES:
             raise SpecError(field, "storage scheme must be one of file://, s3://, gs:// or a local path",
-                            _mask(text), "mount other stores and give their folder as a path")
+                            redact(text), "mount other stores and give their folder as a path")
         if "@" in parts.netloc or parts.password:
-            raise SpecError(field, "a storage URI must not carry credentials", _mask(text),
+            raise SpecError(field, "a storage URI must not carry credentials", redact(text),
                             "remove them from the URI; set AWS_* / GOOGLE_APPLICATION_CREDENTIALS instead")
         if scheme == "file":
             if parts.netloc not in ("", "localhost") or parts.query:
-                raise SpecError(field, "a file:// URI must be file:///absolute/path", _mask(text))
+                raise SpecError(field, "a file:// URI must be file:///absolute/path", redact(text))
             return cls.open(parts.path or "/", field)
         opts = dict(parse_qsl(parts.query, keep_blank_values=True))
         for key in opts:
             if key.lower() in SECRET_KEYS or "secret" in key.lower() or "key" in key.lower():
-                raise SpecError(field, "a storage URI must not carry credentials", _mask(text),
+                raise SpecError(field, "a storage URI must not carry credentials", redact(text),
                                 "remove them from the URI; set AWS_* / GOOGLE_APPLICATION_CREDENTIALS instead")
             if key not in OPTIONS[scheme]:
                 raise SpecError(field, f"unknown {scheme}:// option {key!r} ({closest(key, OPTIONS[scheme])})",
-                                _mask(text))
+                                redact(text))
         bucket, prefix = parts.netloc, parts.path.strip("/")
         if not bucket:
-            raise SpecError(field, f"a {scheme}:// URI must name a bucket ({scheme}://bucket/prefix)", _mask(text))
+            raise SpecError(field, f"a {scheme}:// URI must name a bucket ({scheme}://bucket/prefix)", redact(text))
         fs = _s3_fs(opts) if scheme == "s3" else _gcs_fs(opts)
         root = f"{bucket}/{prefix}" if prefix else bucket
         query = f"?{urlencode(sorted(opts.items()), safe=':/')}" if opts else ""
