@@ -419,3 +419,16 @@ def test_cluster_storage_uri_is_refused_without_echoing_credentials(tmp_path, mo
     with pytest.raises(SpecError, match="storage: must be a folder") as exc:
         _storage("s3://b/x?secret_key=PLANTEDSECRET", None)
     assert "PLANTEDSECRET" not in str(exc.value)
+
+
+def test_cluster_process_records_use_the_one_check():
+    """cluster/_state records {pid, start_time}, sees the process alive, terminates it and sees it gone."""
+    from cluster import _state
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    rec = {"pid": child.pid, "start_time": _state.start_time(child.pid)}
+    assert rec["start_time"] is not None and _state.alive(rec)
+    assert not _state.alive({**rec, "start_time": "1"}) or rec["start_time"] == "?"  # a reused pid
+    assert _state.terminate([rec], timeout=20) == 1
+    assert not _state.alive(rec)  # gone, and reaped by the check (it was our child)
+    assert child.poll() is not None
