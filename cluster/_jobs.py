@@ -80,7 +80,9 @@ def _storage(storage: str | None, head: dict[str, Any] | None) -> Path:
         raise SpecError("storage", "is required for a cluster that `slimtune cluster up` did not start here", None,
                         "pass --storage /a/folder/mounted/on/every/node")
     if "://" in storage:
-        raise SpecError("storage", "must be a folder every node and this client can read", storage,
+        from search.storage import redact  # credentials in a URI are never echoed
+
+        raise SpecError("storage", "must be a folder every node and this client can read", redact(storage),
                         "mount the bucket (or an NFS share) at the same path everywhere; URIs are not supported yet")
     return Path(storage).expanduser().resolve()
 

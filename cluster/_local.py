@@ -98,6 +98,11 @@ def start_local(*, workers: int = 0, num_cpus: int | None = None, num_gpus: int 
 
     ``port``/``dashboard_port``: None means Ray's usual 6379/8265 when free, 0 any free port.
     """
+    if storage and "://" in storage:  # before anything starts; never a local folder named `s3:`
+        from search.storage import redact  # credentials in a URI are never echoed
+
+        raise SpecError("storage", "must be a folder every node and this client can read", redact(storage),
+                        "mount the bucket (or an NFS share) at the same path everywhere; URIs are not supported yet")
     refuse_if_running()
     token = _auth.ensure_token()
     env = _env(token)

@@ -60,39 +60,20 @@ def write_sweep(record: dict[str, Any]) -> None:
 
 
 # --- processes this client started, identified by pid and start time (pids get reused) ---
+# The one process check lives in search.lease; imported on call, so `import cluster` stays lean.
 
 def start_time(pid: int) -> str | None:
     """The process's start time as the kernel records it, or None when it is gone (or a zombie)."""
-    if not Path("/proc/self/stat").is_file():  # no /proc (macOS): "exists" is all we can tell
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        _reap(pid)
-        return None
-    return fields[19]  # field 22 of /proc/<pid>/stat: start time in clock ticks after boot
+    from search.lease import process_start_time
+
+    return process_start_time(pid)
 
 
 def alive(proc: dict[str, Any]) -> bool:
     """Whether the recorded process ``{"pid", "start_time"}`` still runs (the same process, not a reuse)."""
-    now = start_time(int(proc["pid"]))
-    return now is not None and (now == "?" or proc.get("start_time") in (None, "?", now))
+    from search.lease import pid_alive
 
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # only succeeds for our own child (a CLI called in-process)
-    except ChildProcessError:
-        pass
+    return pid_alive(int(proc["pid"]), proc.get("start_time"))
 
 
 def terminate(procs: list[dict[str, Any]], timeout: float = 45.0) -> int:

@@ -1,17 +1,36 @@
-"""Sweeps: Ray Tune + Optuna over a spec, and their results as one pandas DataFrame."""
+"""Sweeps: Ray Tune + Optuna over a spec, and their results as one pandas DataFrame.
 
-from search._data import Data, load_data
-from search._progress import Progress, format_progress, progress, sweep_progress
-from search._results import load_results, pareto_front
-from search._sweep import prepare, resume_sweep, run_sweep, trial_seed
-from search._train import evaluate, train
+Names load on first use (PEP 562), so importing ``search.storage`` or ``search.lease`` (the
+storage seam, the lease and the one process check, which ``cluster`` uses) pulls in neither Ray
+nor torch.
+"""
 
-__all__ = ["Data", "Progress", "evaluate", "format_progress", "progress", "sweep_progress", "load_data", "load_results", "pareto_front", "prepare", "resume_sweep", "run_sweep", "train",
-           "trial_seed"]
+from importlib import import_module
+from typing import Any
 
-# See and use a sweep's results: plot, report, export, predict.
-from search._export import export_trial, load_exported, predict_csv  # noqa: E402
-from search._plot import hypervolume, plot_sweep  # noqa: E402
-from search._report import write_report  # noqa: E402
+_HOME = {
+    "search._data": ["Data", "load_data"],
+    "search._progress": ["Progress", "format_progress", "progress", "sweep_progress"],
+    "search._results": ["load_results", "pareto_front"],
+    "search._sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
+    "search._train": ["evaluate", "train"],
+    # See and use a sweep's results: plot, report, export, predict.
+    "search._export": ["export_trial", "load_exported", "predict_csv"],
+    "search._plot": ["hypervolume", "plot_sweep"],
+    "search._report": ["write_report"],
+}
+_WHERE = {name: module for module, names in _HOME.items() for name in names}
 
-__all__ += ["export_trial", "hypervolume", "load_exported", "plot_sweep", "predict_csv", "write_report"]
+__all__ = [name for names in _HOME.values() for name in names]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'search' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

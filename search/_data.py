@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.storage import write_local_atomic
 from spaces import SpecError, Task
 
 MIN_ROWS = {"train": 8, "validation": 2, "test": 2}
@@ -69,9 +71,9 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     out = (d["x"].astype(np.float32), d["y"].astype(np.int64),
            d["x_test"].astype(np.float32), d["y_test"].astype(np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=out[0], y=out[1], x_test=out[2], y_test=out[3])
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, x=out[0], y=out[1], x_test=out[2], y_test=out[3])
+    write_local_atomic(path, buf.getvalue())
     return out
 
 

@@ -199,7 +199,6 @@ def load_model(artifact: str | Path, code_dir: str | None = None, *, trust_code:
                field: str = "model"):
     """`load_artifact`, with the sweep's spec folder importable; a trusted ``module:function``
     model that cannot be imported here is one line (SpecError), not a traceback."""
-    import compress
     from search._sweep import importable
 
     importable(code_dir)

@@ -72,8 +72,9 @@ def warm_start(study: optuna.Study, spec: Spec, earlier: str | Path) -> tuple[in
     trials as observations. Returns (enqueued, observed)."""
     from search._data import sweep_split_seed
     from search._results import load_results, pareto_front, sweep_meta
+    from search.storage import Storage
 
-    earlier = Path(earlier)
+    earlier = Storage.open(earlier, field="warm_start").uri  # a folder or a URI, credential-free
     meta = sweep_meta(earlier)
     df = load_results(earlier)
     front = pareto_front(df)

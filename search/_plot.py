@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from search._results import load_results, pareto_front, sweep_meta, write_atomic
+from search.storage import Storage
 from spaces import TASK_METRIC, SpecError
 
 #: Size axis of the plot (and of the hypervolume it draws).
@@ -144,10 +145,14 @@ def render_png(df: pd.DataFrame, meta: Mapping[str, Any], *, dpi: int = 110) -> 
     return buf.getvalue()
 
 
-def plot_sweep(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the sweep's Pareto plot (default ``<path>/pareto.png``); return the file's path."""
+def plot_sweep(path: str | Path, out: str | Path | None = None) -> Path | str:
+    """Write the sweep's Pareto plot (default ``<path>/pareto.png``, also at a URI); return where."""
     meta = sweep_meta(path)
     df = load_results(path)
+    st = Storage.open(path, "path")
+    if out is None and st.local_path is None:  # a sweep at a URI: the plot goes beside it there
+        st.write_atomic("pareto.png", render_png(df, meta))
+        return st.uri_of("pareto.png")
     out = Path(out) if out is not None else Path(path) / "pareto.png"
     if out.is_dir():
         raise SpecError("--out", "must be a file path, not a folder", str(out), f"e.g. {out / 'pareto.png'}")

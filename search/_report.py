@@ -17,6 +17,7 @@ import pandas as pd
 
 from search._plot import render_png, task_metric
 from search._results import STUDY, load_results, pareto_front, sweep_meta, was_trained, write_atomic
+from search.storage import Storage
 from spaces import SpecError
 
 CSS = """
@@ -183,9 +184,13 @@ def _version() -> str:
         return "(not installed)"
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of the sweep at ``path`` (default ``<path>/report.html``); return its path."""
+def write_report(path: str | Path, out: str | Path | None = None) -> Path | str:
+    """Write the report of the sweep at ``path`` (default ``<path>/report.html``, also at a URI); return where."""
     sweep_meta(path)  # a clear error before anything is written
+    st = Storage.open(path, "path")
+    if out is None and st.local_path is None:  # a sweep at a URI: the report goes beside it there
+        st.write_atomic("report.html", render_report(path).encode("utf-8"))
+        return st.uri_of("report.html")
     out = Path(out) if out is not None else Path(path) / "report.html"
     if out.is_dir():
         raise SpecError("--out", "must be a file path, not a folder", str(out), f"e.g. {out / 'report.html'}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from search.storage import Storage, write_local_atomic
 from spaces import SpecError
 
 RESULTS = "results.parquet"
@@ -43,12 +44,7 @@ def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_local_atomic(Path(path), data)
 
 
 def write_results(out_dir: Path, rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
@@ -75,15 +71,19 @@ def was_trained(trial: Any) -> bool:
     return attrs.get("trained", True) is not False and not attrs.get("infeasible")
 
 
-def sweep_meta(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / SWEEP
-    if not p.is_file():
-        raise SpecError("path", "must be a sweep folder (holding sweep.json)", str(path))
-    return json.loads(p.read_text())
+def sweep_meta(path: str | Path | Storage) -> dict[str, Any]:
+    """The sweep's ``sweep.json`` at a local folder or a storage URI (``s3://``, ``gs://``)."""
+    st = Storage.open(path, field="path")
+    if st.local_path is None:
+        st.check(field="path")
+    if not st.is_file(SWEEP):
+        raise SpecError("path", "must be a sweep folder (holding sweep.json)", st.uri if st.local_path is None
+                        else str(path))
+    return json.loads(st.read_bytes(SWEEP))
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
-    """Read a sweep's results: one row per trial, finished or failed.
+    """Read a sweep's results (a local folder or a URI: ``s3://…``, ``gs://…``): one row per trial.
 
     Schema (``df.attrs["objectives"]`` maps each objective to ``"max"``/``"min"``). Whole-number
     columns (counts, bytes, trial numbers, integer parameters; :data:`INT_COLUMNS`) are
@@ -122,9 +122,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
                          stopping use it)
     ===================  ===========================================================
     """
-    meta = sweep_meta(path)
-    p = Path(path) / RESULTS
-    df = integer_columns(pd.read_parquet(p) if p.is_file() else frame([], meta["params"]))
+    st = Storage.open(path, field="path")
+    meta = sweep_meta(st)
+    df = integer_columns(pd.read_parquet(io.BytesIO(st.read_bytes(RESULTS))) if st.is_file(RESULTS)
+                         else frame([], meta["params"]))
     df.attrs["objectives"] = dict(meta["objectives"])
     df.attrs["constraints"] = meta.get("constraints", {})
     df.attrs["name"] = meta["name"]

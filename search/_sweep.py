@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, wri
 from search._rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
                           param_names, trial_seed)
 from search._trial import TrialSetup, run_trial
+from search.lease import Lease
+from search.storage import Storage, local_folder
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec, require_search
 
 LOCK = ".lock"
@@ -123,55 +124,15 @@ def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
 # The sweep folder: lock, metadata, and checks that run before Ray starts.
 
 
-class SweepLock:
-    """An exclusive lock on a sweep folder, held while a driver runs in it.
+class SweepLock(Lease):
+    """The lease on a sweep folder (a path or a URI), held while a driver runs in it.
 
-    The lock file records host and pid; a lock left by a process that no longer exists
-    (a killed driver) is taken over.
+    A lock left by a driver that no longer runs (same host, pid gone) is taken over; see
+    :class:`search.lease.Lease` for object stores' heartbeat.
     """
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
-        self.held = False
-
-    def __enter__(self) -> "SweepLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its driver is gone
-                    continue
-                raise SpecError("out", "must not be in use by another sweep driver", str(self.path.parent),
-                                f"held by pid {holder.get('pid')} on {holder.get('host')}; wait for it, "
-                                f"or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise SpecError("out", "lock could not be taken", str(self.path))
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def __init__(self, out: Path | str) -> None:
+        super().__init__(Storage.open(out), LOCK)
 
 
 def importable(code_dir: str | Path | None) -> None:
@@ -245,7 +206,7 @@ class _FirstValues:
 
 def prepare(spec: Spec, out: str | Path, base_dir: str | Path | None = None) -> tuple[Data, Path]:
     """Everything that can fail on bad input, before Ray starts: the folder, the data, the hooks."""
-    out = Path(out).resolve()
+    out = local_folder(out).resolve()
     if out.exists() and not out.is_dir():
         raise SpecError("out", "must be a folder", str(out))
     if (out / SWEEP).exists() or (out / RESULTS).exists() or (out / STUDY).exists():
@@ -449,7 +410,7 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
     """
     import optuna
 
-    out = Path(path).resolve()
+    out = local_folder(path, "path").resolve()
     meta = sweep_meta(out)
     if add_trials < 0:
         raise SpecError("trials", "must be an integer >= 1", add_trials)
