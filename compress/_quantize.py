@@ -3,8 +3,10 @@ quantization-aware fine-tuning (QAT).
 
 codes = clamp(round(w / Q + B), 0, 2**k - 1),  dequantized w = (codes - B) * Q
 
-Q (scale, fp32) and the integer zero-point B are per tensor or per output
-channel.  The module keeps running in fp32 on the dequantized weights; the
+Q (scale) and the integer zero-point B are per tensor or per output channel;
+with ``fp16=True`` (the default) Q is rounded up to a float16 value and the
+layer's bias to the nearest float16, so the artifact stores them in 2 bytes
+each and the model evaluated before `save` is the one `load` gives back.  The module keeps running in fp32 on the dequantized weights; the
 quantization parameters are kept in ``module.weight_qparams`` so `save` can
 store the k-bit codes.
 
@@ -36,10 +38,13 @@ QPARAMS_ATTR = "weight_qparams"
 class _QuantFields:
     """The fields AffineQuantize and FakeQuantize share, validated once."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    #: Fields a JSON of an older version lacks, with the value they had then.
+    UPGRADES: ClassVar[dict[int, dict[str, object]]] = {1: {"fp16": False}}
     bits: int = 8
     per_channel: bool = True
     symmetric: bool = False
+    fp16: bool = True
 
     def __post_init__(self) -> None:
         _check_quant_fields(self)
@@ -53,6 +58,10 @@ class AffineQuantize(_QuantFields):
     symmetric:   B = 2**(bits-1), Q = max|w| / (2**(bits-1) - 1); otherwise Q and
                  B come from min/max of w, with the range widened to include 0
                  so zeros (pruned weights) stay exactly 0.
+    fp16:        round Q up to a float16 value (the range still covers w) and
+                 the layer's bias to the nearest float16; `save` then stores
+                 them in 2 bytes each.  A tensor with a value outside
+                 float16's normal range keeps fp32 (it is stored in 4 bytes).
     """
 
 
@@ -81,7 +90,7 @@ def _check_quant_fields(config: _QuantFields) -> None:
             f"`2 <= bits <= 8` must hold, but got bits={config.bits}; for fp32 weights "
             f"leave {name} out"
         )
-    for field in ("per_channel", "symmetric"):
+    for field in ("per_channel", "symmetric", "fp16"):
         if not isinstance(getattr(config, field), bool):
             raise TypeError(f"`{field}` must be a bool, but got {field}={getattr(config, field)!r}")
 
@@ -103,7 +112,8 @@ class QParams:
         return self.scale.dim() > 0
 
 
-def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: bool) -> QParams:
+def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: bool,
+                   fp16: bool = False) -> QParams:
     """Scale and zero-point for ``w`` (see `AffineQuantize`)."""
     w = w.detach().float()
     qmax = 2**bits - 1
@@ -121,12 +131,32 @@ def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: boo
         scale = (hi - lo) / qmax
     # An all-zero channel: any positive scale represents it exactly.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if fp16:
+        scale = _fp16_up(scale)
     if not symmetric:
         zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
     if per_channel:
         view = (-1,) + (1,) * (w.dim() - 1)
         scale, zero_point = scale.reshape(view), zero_point.reshape(view)
     return QParams(bits, scale.contiguous(), zero_point.contiguous())
+
+
+def _fp16_up(x: torch.Tensor) -> torch.Tensor:
+    """The smallest float16 values >= the positive ``x`` (as float32), or ``x`` unchanged
+    when some value lies outside float16's normal range [2**-14, 65504]."""
+    if not bool(((x >= 2.0**-14) & (x <= 65504.0)).all()):
+        return x
+    h = x.to(torch.float16)
+    up = (h.view(torch.int16) + 1).view(torch.float16)  # the next float16 up (positive values)
+    return torch.where(h.float() < x, up, h).float()
+
+
+def round_fp16_(t: torch.Tensor) -> None:
+    """In place: ``t`` rounded to the nearest float16 values, unless one would overflow."""
+    with torch.no_grad():
+        half = t.detach().to(torch.float16)
+        if not bool((torch.isfinite(t) & ~torch.isfinite(half)).any()):
+            t.copy_(half.to(t.dtype))
 
 
 def quantize(w: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -143,12 +173,12 @@ def dequantize(codes: torch.Tensor, qp: QParams) -> torch.Tensor:
 class _FakeQuant(nn.Module):
     """Weight parametrization: quantize-dequantize forward, identity gradient."""
 
-    def __init__(self, bits: int, per_channel: bool, symmetric: bool) -> None:
+    def __init__(self, bits: int, per_channel: bool, symmetric: bool, fp16: bool) -> None:
         super().__init__()
-        self.bits, self.per_channel, self.symmetric = bits, per_channel, symmetric
+        self.bits, self.per_channel, self.symmetric, self.fp16 = bits, per_channel, symmetric, fp16
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        qp = choose_qparams(w, self.bits, self.per_channel, self.symmetric)
+        qp = choose_qparams(w, self.bits, self.per_channel, self.symmetric, self.fp16)
         q = dequantize(quantize(w, qp), qp).to(w.dtype)
         # Straight-through estimator: the value is exactly q, the gradient w.r.t. w is 1.
         return q + (w - w.detach())
@@ -159,7 +189,7 @@ def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
         _remove_fake_quant(module)
         parametrize.register_parametrization(
-            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric)
+            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric, config.fp16)
         )
     return model
 
@@ -193,9 +223,11 @@ def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
         _remove_fake_quant(module)
         w = module.weight
-        qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric)
+        qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric, config.fp16)
         with torch.no_grad():
             w.copy_(dequantize(quantize(w, qp), qp))
+        if config.fp16 and module.bias is not None and module.bias.dtype == torch.float32:
+            round_fp16_(module.bias)
         object.__setattr__(module, QPARAMS_ATTR, qp)
     return model
 
