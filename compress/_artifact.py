@@ -134,8 +134,14 @@ def _encode(model: nn.Module, recipe: dict[str, Any], *, dense: bool) -> bytes:
         )
     prunable = {f"{n}.weight": m for n, m in prunable_modules(model)}
     reference = _reference_shapes(recipe)
+    state = model.state_dict()
+    if reference is not None and list(state) != list(reference):
+        if set(state) != set(reference):
+            odd = sorted(set(state) ^ set(reference))[:3]
+            raise ValueError(f"the model's tensors do not match its recipe's model (e.g. {odd}); pass its `recipe`")
+        state = {name: state[name] for name in reference}  # `load` fills them in the recipe's order
     chosen: list[_Enc] = []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
         module = prunable.get(name)
         if dense or module is None:

@@ -6,15 +6,17 @@ codes = clamp(round(w / Q + B), 0, 2**k - 1),  dequantized w = (codes - B) * Q
 Q (scale) and the integer zero-point B are per tensor or per output channel;
 with ``fp16=True`` (the default) Q is rounded up to a float16 value and the
 layer's bias to the nearest float16, so the artifact stores them in 2 bytes
-each and the model evaluated before `save` is the one `load` gives back.  The module keeps running in fp32 on the dequantized weights; the
-quantization parameters are kept in ``module.weight_qparams`` so `save` can
-store the k-bit codes.
+each and the model evaluated before `save` is the one `load` gives back.  The
+module keeps running in fp32 on the dequantized weights; the quantization
+parameters are kept in ``module.weight_qparams`` so `save` can store the k-bit
+codes.
 
 QAT: `FakeQuantize` puts a parametrization on each weight, so the forward pass
 sees the quantized weight while the optimizer updates the latent fp32 weight
-(straight-through estimator: the gradient passes the rounding unchanged).
-`AffineQuantize` afterwards removes it and quantizes the latent weight, which
-gives exactly the weights the last QAT forward pass used.
+(straight-through estimator: the gradient passes the rounding unchanged); with
+``fp16`` the bias is seen rounded to float16 the same way.  `AffineQuantize`
+afterwards removes them and quantizes the latent weight, which gives exactly
+the weights (and biases) the last QAT forward pass used.
 """
 
 from __future__ import annotations
@@ -184,6 +186,16 @@ class _FakeQuant(nn.Module):
         return q + (w - w.detach())
 
 
+class _FakeHalf(nn.Module):
+    """Bias parametrization: rounded to float16 forward (as `AffineQuantize` leaves it),
+    identity gradient."""
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        half = b.detach().clone()
+        round_fp16_(half)
+        return half + (b - b.detach())
+
+
 @register(FakeQuantize)
 def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
@@ -191,15 +203,18 @@ def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
         parametrize.register_parametrization(
             module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric, config.fp16)
         )
+        if config.fp16 and isinstance(module.bias, nn.Parameter) and module.bias.dtype == torch.float32:
+            parametrize.register_parametrization(module, "bias", _FakeHalf())
     return model
 
 
 def _remove_fake_quant(module: nn.Module) -> None:
-    """Drop a `FakeQuantize` parametrization, keeping the latent fp32 weight."""
+    """Drop `FakeQuantize`'s parametrizations, keeping the latent fp32 weight and bias."""
     if not parametrize.is_parametrized(module, "weight"):
         return
-    if set(module.parametrizations) != {"weight"} or not all(
-        isinstance(p, _FakeQuant) for p in module.parametrizations["weight"]
+    ours = {"weight": _FakeQuant, "bias": _FakeHalf}
+    if not set(module.parametrizations) <= set(ours) or not all(
+        isinstance(p, ours[name]) for name in module.parametrizations for p in module.parametrizations[name]
     ):
         raise ValueError(
             f"{type(module).__name__} has a parametrization slimtune did not add; "
@@ -207,10 +222,14 @@ def _remove_fake_quant(module: nn.Module) -> None:
         )
     # By hand, not parametrize.remove_parametrizations: that deletes the `weight`
     # property from the parametrized class, which deep copies of the module share.
-    latent = module.parametrizations["weight"].original
+    latent = {name: module.parametrizations[name].original for name in module.parametrizations}
     del module._modules["parametrizations"]
     module.__class__ = module.__class__.__bases__[0]
-    module.register_parameter("weight", latent)
+    if "bias" not in latent:  # re-registered after the weight, so the state dict keeps its order
+        latent["bias"] = module.bias
+        delattr(module, "bias")
+    for name in ("weight", "bias"):
+        module.register_parameter(name, latent[name])
 
 
 def is_fake_quantized(model: nn.Module) -> bool:
