@@ -31,7 +31,7 @@ __all__ = ["ArtifactError", "MAX_PARAMS", "MAX_MANIFEST"]
 #: Default bound on the model an artifact may describe (elements of all tensors,
 #: and parameters and activations per input row of a built-in recipe).
 MAX_PARAMS = 100_000_000
-#: Largest manifest (UTF-8 JSON) accepted, in bytes.
+#: Largest manifest (format 2's UTF-8 JSON) or header (format 3) accepted, in bytes.
 MAX_MANIFEST = 16 * 2**20
 _MAX_DIMS = 8
 _XZ_MEMLIMIT = 2**27  # the xz decoder's memory (format 1); format 2 caps its dictionary at 2**26
