@@ -18,7 +18,8 @@ up to float16, the quantized layers' biases to the nearest float16; the default)
 * ``val_fp32``/``val_fp16`` and ``test_fp32``/``test_fp16``: accuracy of the two models; each
   format-3 file is loaded back and must give the saved model's outputs exactly.
 
-Prints one row per (dataset, seed, method) and the median change per dataset; writes
+Prints one row per (dataset, seed, method), the median change per dataset, and the artifacts
+of tests/fixtures/sweep_v1 (format 2) re-saved in format 3; writes
 benchmarks/results/artifact_format.csv.
 """
 
@@ -41,12 +42,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import compress  # noqa: E402
-import search  # noqa: E402
-import spaces  # noqa: E402
-from compress import AffineQuantize, MagnitudePrune  # noqa: E402
-from compress._artifact import _lzma_filters, _smallest  # noqa: E402
-from compress._codes import unpack_bits  # noqa: E402
+import compress
+import search
+import spaces
+from compress import AffineQuantize, MagnitudePrune
+from compress._artifact import _lzma_filters, _smallest
+from compress._codes import unpack_bits
 
 MODELS = {
     "digits": {"arch": "mlp", "input_shape": [8, 8], "output_dim": 10, "depth": 1, "width": 32},
@@ -118,7 +119,7 @@ def run_one(dataset: str, seed: int, data, tmp: Path) -> list[dict]:
             prune = [MagnitudePrune(sparsity=sparsity)]
             model = compress.compress(dense, *prune)
             masks = compress.sparsity_masks(model)
-            search.train(model, data, epochs=3, after_step=lambda m: compress.apply_masks_(m, masks),
+            search.train(model, data, epochs=3, after_step=lambda m, masks=masks: compress.apply_masks_(m, masks),
                          **{**args, "seed": seed + 1})
         row = {"dataset": dataset, "seed": seed, "method": method}
         for half in (False, True):
@@ -171,6 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         counts = f"{sum(v > 0 for v in dv)} / {sum(v == 0 for v in dv)} / {sum(v < 0 for v in dv)}"
         print(f"| {dataset} | {sizes} | {statistics.median(dv):+.2f}, {statistics.mean(dv):+.2f}, "
               f"{min(dv):+.2f}..{max(dv):+.2f} | {counts} | {statistics.median(dt):+.2f}, {statistics.mean(dt):+.2f} |")
+    print()
+    print("Artifacts of a real sweep (tests/fixtures/sweep_v1, format 2) re-saved in format 3: the same")
+    print("model (fp32 scales and biases, so only the container changes), loaded back exactly.")
+    print()
+    print("| artifact | format 2 bytes | format 3 bytes |")
+    print("|---|---|---|")
+    for path in sorted((ROOT / "tests" / "fixtures" / "sweep_v1" / "artifacts").glob("*.slim")):
+        model = compress.load(path)
+        with tempfile.TemporaryDirectory() as d:
+            n = compress.save(model, Path(d) / "m.slim")
+            x = torch.randn(8, *compress.recipe_of(model)["input_shape"], generator=torch.Generator().manual_seed(0))
+            assert torch.equal(_outputs(compress.load(Path(d) / "m.slim"), x.numpy()), _outputs(model, x.numpy()))
+        print(f"| {path.name} | {path.stat().st_size} | {n} |")
     out = ROOT / "benchmarks" / "results" / "artifact_format.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["pack_header", "read_header", "resolve", "DTYPES", "LAYOUTS"]
+__all__ = ["DTYPES", "LAYOUTS", "pack_header", "read_header", "resolve"]
 
 #: Tensor dtypes by their code in the header.
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")

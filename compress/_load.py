@@ -22,9 +22,20 @@ import torch
 import torch.nn as nn
 
 from ._config import config_from_json
-from ._models import _check_recipe, build_model, builtin_size, prunable_modules
 from ._format3 import resolve
-from ._parse import MAX_PARAMS, ArtifactError, Source, _bad, _check_manifest, _data_length, _decode, _guard, _parse, _read
+from ._models import _check_recipe, build_model, builtin_size, prunable_modules
+from ._parse import (
+    MAX_PARAMS,
+    ArtifactError,
+    Source,
+    _bad,
+    _check_manifest,
+    _data_length,
+    _decode,
+    _guard,
+    _parse,
+    _read,
+)
 from ._quantize import QPARAMS_ATTR
 
 __all__ = ["ArtifactError", "UntrustedCodeError", "load", "read_manifest", "resize_", "MAX_PARAMS"]
@@ -53,6 +64,8 @@ def load(
     global RNG, resized to the stored tensor shapes (structured pruning), and
     the decoded tensors are loaded.  Quantized weights get their QParams back.
     The model is returned in eval mode (call ``.train()`` to fine-tune it).
+    `applied_configs` of the result are the configs a format-1/2 file recorded;
+    format 3 keeps them out of the file (they are in the results row), so ``()``.
 
     builders:   for a recipe whose model is a ``"module:function"`` hook, the
                 function to call for it, keyed by that string (nothing is imported).
