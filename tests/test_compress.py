@@ -309,6 +309,41 @@ def test_format_3_is_lean_and_fp16_only_where_exact(tmp_path: Path) -> None:
         assert ((dequantize(quantize(w, qp), qp) - w).abs() <= qp.scale / 2 * (1 + 1e-5)).all()
 
 
+_ENTRY = st.fixed_dictionaries(
+    {"layout": st.sampled_from(["dense", "bitmask", "delta", "rice"]), "values": st.sampled_from(["raw", "codes"]),
+     "dtype": st.sampled_from(["float32", "float16", "int64", "bool"])},
+    optional={"shape": st.lists(st.integers(0, 2**40), max_size=8)},
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_ENTRY, st.integers(2, 8), st.booleans(), st.booleans(), st.integers(0, 2**50))),
+       st.sampled_from([MODELS["cnn1d"], {**MODELS["mlp"], "width": [32, 16]}, MODELS["hook_residual"]]))
+def test_format_3_header_round_trips(raw: list, recipe: dict) -> None:
+    from compress._format3 import pack_header, read_header
+
+    entries = []
+    for e, bits, flag_a, flag_b, n in raw:
+        e = dict(e)
+        if e["values"] == "codes":
+            e.update(bits=bits, per_channel=flag_a, **({"packing": "bytes"} if flag_b else {}),
+                     **({"scales": "float16"} if flag_a != flag_b else {}))
+        elif e["dtype"] == "float32" and flag_a:
+            e["stored"] = "float16"
+        if e["layout"] != "dense":
+            e["nnz"] = n
+        if e["layout"] in ("delta", "rice"):
+            e["index"] = n // 3
+        entries.append(e)
+    assert read_header(pack_header(recipe, entries)) == {"format": 3, "recipe": recipe, "tensors": entries}
+
+
+def test_save_refuses_a_model_that_does_not_match_its_builtin_recipe(tmp_path: Path) -> None:
+    recipe, model, _ = make("mlp")
+    with pytest.raises(ValueError, match="do not match its recipe"):
+        compress.save(model, tmp_path / "m.slim", recipe={**recipe, "depth": 1})
+
+
 def test_dense_bytes_is_plain_fp32_size() -> None:
     recipe, model, _ = make("mlp")
     params, _ = compress.count_params(model)
