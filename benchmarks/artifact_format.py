@@ -67,7 +67,8 @@ def format2_bytes(model: torch.nn.Module, recipe: dict, configs: list, metrics: 
         if name in prunable:
             entry, parts, codes_at, codes = _smallest(name, t, getattr(prunable[name], "weight_qparams", None))
         else:
-            entry, parts, codes_at, codes = {"layout": "dense", "values": "raw", "dtype": "float32"}, [t.numpy().astype("<f4").tobytes()], None, None
+            entry = {"layout": "dense", "values": "raw", "dtype": "float32"}
+            parts, codes_at, codes = [t.numpy().astype("<f4").tobytes()], None, None
         assert "stored" not in entry and "scales" not in entry, "format 2 holds fp32 only"
         chosen.append((name, list(t.shape), entry, parts, codes_at, codes))
     jsons = [compress.config_to_json(c) for c in configs]

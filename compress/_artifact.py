@@ -249,7 +249,8 @@ def _smallest(name: str, w: torch.Tensor, qp: QParams | None) -> _Enc:
         sparse_raw = _raw_entry(w, [values], half=True)
         for layout in ("bitmask", "delta", "rice"):
             extra = {"layout": layout, "nnz": nnz, **({} if layout == "bitmask" else {"index": len(index[layout])})}
-            candidates.append(({**sparse_raw, **extra}, [index[layout], _raw(values, "stored" in sparse_raw)], None, None))
+            raw_parts = [index[layout], _raw(values, "stored" in sparse_raw)]
+            candidates.append(({**sparse_raw, **extra}, raw_parts, None, None))
             if codes is not None:
                 nz_codes = pack_bits(codes.reshape(-1)[nonzero].numpy(), qp.bits)
                 candidates.append(({**coded, **extra}, [index[layout], nz_codes, *qtail], 1, (qp.bits, nnz)))

@@ -196,9 +196,9 @@ def resolve(tensors: list[dict[str, Any]], own: dict[str, torch.Tensor]) -> list
     if len(tensors) != len(own):
         raise HeaderError(f"{len(tensors)} tensors are stored, the recipe's model has {len(own)}")
     table, pos = [], 0
-    for (name, t), e in zip(own.items(), tensors):
+    for (name, t), e in zip(own.items(), tensors, strict=True):
         shape = list(e.get("shape", t.shape))
-        if len(shape) != t.dim() or any(s > h for s, h in zip(shape, t.shape)):
+        if len(shape) != t.dim() or any(s > h for s, h in zip(shape, t.shape, strict=True)):
             raise HeaderError(f"tensor {name!r} has shape {shape}, larger than the model's {list(t.shape)}")
         numel = math.prod(shape)
         count = numel if e["layout"] == "dense" else e["nnz"]

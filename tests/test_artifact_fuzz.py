@@ -170,7 +170,7 @@ def _load_or_refuse(blob: bytes) -> nn.Module | None:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     if blob[:8] == MAGIC3:  # names are the model's; shapes where stored
         assert len(man["tensors"]) == len(shapes)
-        assert all(t["shape"] == shape for t, shape in zip(man["tensors"], shapes.values()) if "shape" in t)
+        assert all(t["shape"] == shape for t, shape in zip(man["tensors"], shapes.values(), strict=True) if "shape" in t)
     else:
         assert shapes == {t["name"]: t["shape"] for t in man["tensors"]}
     recipe = compress.recipe_of(model)

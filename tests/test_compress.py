@@ -110,7 +110,7 @@ def stored(path: Path, model: nn.Module) -> dict[str, dict]:
     """The format-3 header's encoding of each tensor, by the name ``model``'s state dict gives it."""
     man = compress.read_manifest(path)
     assert man["format"] == 3 and len(man["tensors"]) == len(model.state_dict())
-    return dict(zip(model.state_dict(), man["tensors"]))
+    return dict(zip(model.state_dict(), man["tensors"], strict=True))
 
 
 # ------------------------------------------------------------- contract suite
