@@ -8,8 +8,8 @@ report; `load` rebuilds a working model from it.
     model = build_model({"arch": "mlp", "input_shape": [64], "output_dim": 10,
                          "depth": 2, "width": 64})
     small = compress(model, MagnitudePrune(sparsity=0.8), AffineQuantize(bits=4))
-    nbytes = save(small, "model.slim", metrics={"accuracy": 0.93})
-    again = load("model.slim")        # also bytes or a binary file object
+    nbytes = save(small, "model.slim")   # the file's length
+    again = load("model.slim")        # same outputs; also bytes or a binary file object
 
 `load` treats the file as untrusted: malformed bytes raise `ArtifactError`, the
 model it describes is bounded (`max_params`), and a ``module:function`` model

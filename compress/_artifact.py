@@ -1,90 +1,96 @@
 """The single-file artifact: write and size it (`_load` reads it, trusting nothing).
 
-Layout (format 2)::
+It holds what loading and running the model need, and nothing else: the recipe
+(architecture), the tensors, their quantization parameters.  Metrics, configs and
+library versions are in the sweep's results row and an export's sidecar.
 
-    b"SLIMTUN\x02"  |  codec (1 byte)  |  body
-    body (after decoding) = uint32 little-endian manifest length | manifest (UTF-8 JSON) | data
+Layout (format 3)::
 
-codec 0: the body is stored as is.  codec 1: one more byte ``d`` follows and
-the body is one raw LZMA2 stream (dictionary 2**d bytes), entropy-coding the
-manifest and the data together; `save` uses it when it makes the file shorter.
-Format 1 files (``b"SLIMTUNE" | uint32 | manifest | data``, data xz-compressed
-when the manifest says ``"compression": "lzma"``) are still read.
+    b"SLIMTUN\x03"  |  codec (1 byte)  |  body
+    body (after decoding) = varint header length | header | data
 
-The manifest holds the recipe, the configs (`config_to_json`), library
-versions, metrics and one entry per tensor of the state dict: name, shape,
-dtype, offset, the byte length of each part, and its encoding:
+codec 0: the body is stored as is.  codec 1: one more byte ``d`` follows and the
+body is one raw LZMA2 stream (dictionary 2**d bytes), entropy-coding header and
+data together; `save` uses it when it makes the file shorter.  Varints are LEB128.
+
+header = recipe | varint tensor count | one record per tensor of the state dict, in
+its order.  Names and shapes are those of the model the recipe builds, so a record
+holds only the encoding:
+
+  recipe  byte 1 (mlp) or 2 (cnn), byte n, n varints input_shape, varint output_dim,
+          varint depth, varint width (0: ``depth`` varint widths follow, one per layer);
+          any other recipe: byte 0, varint length, compact JSON
+  record  flags byte: bits 0-1 layout, bit 2 values are codes, bit 3 shape stored,
+          bit 4 raw values stored as float16, bit 5 scales float16, bit 6 per channel,
+          bit 7 one code per byte; dtype byte (index in `_format3.DTYPES`);
+          codes: bits byte (2..8); shape stored: byte n, n varints (structured pruning
+          and model hooks); sparse layouts: varint non-zeros; delta/rice: varint index length
+
+The data holds each tensor's parts back to back (their lengths follow from shape,
+dtype, non-zero count and encoding):
 
   layout  "dense"   all values stored
           "bitmask" one bit per element (1 = non-zero), values for non-zeros only
           "delta"   LEB128 varints of the gaps between non-zero flat indices,
                     values for non-zeros only
-          "rice"    the same gaps Golomb-Rice coded: a byte k, the quotients
-                    gap >> k in unary (that many 0 bits, then a 1), then the
-                    remainders at k bits each; values for non-zeros only
-  values  "raw"     the tensor's own dtype (fp32 weights, biases, buffers)
-          "codes"   k-bit codes packed to exactly k bits each, followed by the
-                    fp32 scales and uint8 zero-points (see `AffineQuantize`);
-                    with ``"packing": "bytes"`` one code per byte instead, used
-                    when LZMA then makes the file shorter (its literal coder
-                    entropy-codes byte-aligned codes better than packed bits)
+          "rice"    the same gaps Golomb-Rice coded: a byte k, the count as a varint,
+                    the quotients gap >> k in unary (that many 0 bits, then a 1), then
+                    the remainders at k bits each; values for non-zeros only
+  values  "raw"     the tensor's dtype, or float16 where every value is exactly a
+                    float16 (e.g. biases rounded by ``AffineQuantize(fp16=True)``)
+          "codes"   k-bit codes packed to exactly k bits each (or one code per byte,
+                    when LZMA then makes the file shorter: its literal coder codes
+                    byte-aligned codes better than packed bits), followed by the
+                    scales (float16 where exact, else float32) and uint8 zero-points
+                    (see `AffineQuantize`)
 
-Each prunable weight gets the smallest of the encodings valid for it; other
-tensors are stored dense/raw.
+Each prunable weight gets the smallest of the encodings valid for it; other tensors
+are stored dense/raw.  Formats 1 (``b"SLIMTUNE"``) and 2 (``b"SLIMTUN\x02"``, a uint32
+length and a JSON manifest naming every tensor, with configs, metrics and versions)
+are still read.
 """
 
 from __future__ import annotations
 
-import json
 import lzma
 import os
-import platform
 import secrets
 import struct
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ._config import applied_configs, config_to_json
-from ._models import prunable_modules, recipe_of
+from ._codes import _rice_encode, _varint_encode, pack_bits, unpack_bits
+from ._format3 import pack_header, varint
+from ._models import build_model, prunable_modules, recipe_of
 from ._quantize import QParams, dequantize, is_fake_quantized, qparams_of, quantize
 
 __all__ = ["save", "dense_bytes", "pack_bits", "unpack_bits"]
 
-MAGIC = b"SLIMTUN\x02"
-FORMAT = 2
+MAGIC = b"SLIMTUN\x03"
+FORMAT = 3
+_MAGIC_V2 = b"SLIMTUN\x02"  # format 2, read only
 _LEGACY_MAGIC = b"SLIMTUNE"  # format 1, read only
-_HEADER = struct.Struct("<I")
+_HEADER = struct.Struct("<I")  # format 2's manifest length
 _CODEC_NONE, _CODEC_LZMA = 0, 1
 
 
 # --------------------------------------------------------------------- public
 
 
-def save(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    recipe: dict[str, Any] | None = None,
-    configs: Iterable[Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> int:
+def save(model: nn.Module, path: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None) -> int:
     """Write ``model`` to one artifact file at ``path``; return its length in bytes.
 
-    recipe:  how to rebuild the architecture (default: the one `build_model`
-             recorded on the model).
-    configs: the compression configs to record (default: the ones `compress`
-             applied to this model).
-    metrics: JSON-able dict stored as is.
+    recipe: how to rebuild the architecture (default: the one `build_model`
+            recorded on the model).
     The file is written to a temporary file and renamed, so it is never
-    half-written; it is readable like other new files (mode 0o666 less the umask).  Same model, same arguments -> same bytes.
+    half-written; it is readable like other new files (mode 0o666 less the umask).
+    Same model, same arguments -> same bytes.
     """
-    if configs is None:
-        configs = applied_configs(model)
-    blob = _encode(model, _recipe(model, recipe), list(configs), metrics, dense=False)
+    blob = _encode(model, _recipe(model, recipe), dense=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Mode 0o666 less the umask, like any file `open` creates (mkstemp's would be 0o600).
@@ -106,57 +112,53 @@ def save(
 def dense_bytes(model: nn.Module, recipe: dict[str, Any] | None = None) -> int:
     """Length of the same container holding ``model`` as plain dense tensors.
 
-    No sparse layouts, no codes, no lzma, no configs or metrics: the baseline
-    an artifact is compared with.  Pass the uncompressed model to measure what
-    a structurally pruned model would have taken.
+    No sparse layouts, no codes, no float16, no lzma: the baseline an artifact
+    is compared with.  Pass the uncompressed model to measure what a
+    structurally pruned model would have taken.
     """
-    return len(_encode(model, _recipe(model, recipe), [], None, dense=True))
+    return len(_encode(model, _recipe(model, recipe), dense=True))
 
 
 # ------------------------------------------------------------------- encoding
 
+# One tensor's encoding: header record, its data parts, index of the packed-codes part
+# (or None), and (bits, count) of those codes.
+_Enc = tuple[dict[str, Any], list[bytes], "int | None", "tuple[int, int] | None"]
 
-def _encode(
-    model: nn.Module,
-    recipe: dict[str, Any],
-    configs: list[Any],
-    metrics: dict[str, Any] | None,
-    *,
-    dense: bool,
-) -> bytes:
+
+def _encode(model: nn.Module, recipe: dict[str, Any], *, dense: bool) -> bytes:
     if is_fake_quantized(model):
         raise ValueError(
             "the model still has FakeQuantize (QAT) parametrizations; finish QAT by applying "
             "AffineQuantize, e.g. compress(model, AffineQuantize(bits=4)), before saving"
         )
     prunable = {f"{n}.weight": m for n, m in prunable_modules(model)}
-    chosen = []
-    for name, tensor in model.state_dict().items():
+    reference = _reference_shapes(recipe)
+    state = model.state_dict()
+    if reference is not None and list(state) != list(reference):
+        if set(state) != set(reference):
+            odd = sorted(set(state) ^ set(reference))[:3]
+            raise ValueError(f"the model's tensors do not match its recipe's model (e.g. {odd}); pass its `recipe`")
+        state = {name: state[name] for name in reference}  # `load` fills them in the recipe's order
+    chosen: list[_Enc] = []
+    for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
         module = prunable.get(name)
         if dense or module is None:
-            chosen.append((name, t, module, "dense", "raw", [_raw(t)], None))
+            enc: _Enc = (_raw_entry(t, [t], half=not dense), [_raw(t, not dense)], None, None)
         else:
-            chosen.append((name, t, module, *_smallest(name, t, qparams_of(module))))
-    manifest = {
-        "format": FORMAT,
-        "recipe": recipe,
-        "configs": [config_to_json(c) for c in configs],
-        "metrics": _jsonable_metrics(metrics),
-        "versions": {
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    plain = MAGIC + bytes([_CODEC_NONE]) + _body(manifest, chosen, byte_codes=False)
+            enc = _smallest(name, t, qparams_of(module))
+        if reference is None or reference.get(name) != tuple(t.shape):
+            enc[0]["shape"] = list(t.shape)
+        chosen.append(enc)
+    plain = MAGIC + bytes([_CODEC_NONE]) + _body(recipe, chosen, byte_codes=False)
     if dense:
         return plain
     # Entropy coding: LZMA2 over the whole body; with k-bit codes also tried with one
     # code per byte, which LZMA's literal coder compresses better than packed bits.
     best = plain
-    for byte_codes in (False, True) if any(c[6] is not None for c in chosen) else (False,):
-        body = _body(manifest, chosen, byte_codes=byte_codes)
+    for byte_codes in (False, True) if any(c[2] is not None for c in chosen) else (False,):
+        body = _body(recipe, chosen, byte_codes=byte_codes)
         log2_dict = max(12, min(26, (len(body) - 1).bit_length()))
         packed = lzma.compress(body, format=lzma.FORMAT_RAW, filters=_lzma_filters(log2_dict, len(body)))
         coded = MAGIC + bytes([_CODEC_LZMA, log2_dict]) + packed
@@ -165,41 +167,30 @@ def _encode(
     return best
 
 
-def _body(manifest: dict[str, Any], chosen: list[tuple], *, byte_codes: bool) -> bytes:
-    """uint32 manifest length | manifest | data, for tensors encoded as `_smallest` chose."""
+def _reference_shapes(recipe: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the built-in model ``recipe`` describes (built on the meta device: no memory,
+    no RNG), or None for a model hook, whose tensors then all store their shapes."""
+    if recipe.get("arch") not in ("mlp", "cnn"):
+        return None
+    with torch.device("meta"):
+        model = build_model(recipe)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _body(recipe: dict[str, Any], chosen: list[_Enc], *, byte_codes: bool) -> bytes:
+    """varint header length | header | data, for tensors encoded as `_smallest` chose."""
     data = bytearray()
-    table = []
-    for name, t, module, layout, values, parts, codes_at in chosen:
+    entries = []
+    for entry, parts, codes_at, codes in chosen:
         if byte_codes and codes_at is not None:
-            qp = qparams_of(module)
             parts = list(parts)
-            parts[codes_at] = unpack_bits(parts[codes_at], qp.bits, _count(layout, t)).tobytes()
-        entry: dict[str, Any] = {
-            "name": name,
-            "shape": list(t.shape),
-            "dtype": str(t.dtype).removeprefix("torch."),
-            "layout": layout,
-            "values": values,
-            "offset": len(data),
-            "parts": [len(p) for p in parts],
-        }
-        if values == "codes":
-            qp = qparams_of(module)
-            entry["bits"] = qp.bits
-            entry["per_channel"] = qp.per_channel
-            if byte_codes:
-                entry["packing"] = "bytes"
-        table.append(entry)
+            parts[codes_at] = unpack_bits(parts[codes_at], *codes).tobytes()
+            entry = {**entry, "packing": "bytes"}
+        entries.append(entry)
         for p in parts:
             data += p
-    head = json.dumps({**manifest, "tensors": table}, sort_keys=True, separators=(",", ":"))
-    encoded = head.encode("utf-8")
-    return _HEADER.pack(len(encoded)) + encoded + bytes(data)
-
-
-def _count(layout: str, t: torch.Tensor) -> int:
-    """How many codes a weight's codes part holds: all elements, or the non-zeros."""
-    return t.numel() if layout == "dense" else int(torch.count_nonzero(t))
+    head = pack_header(recipe, entries)
+    return varint(len(head)) + head + bytes(data)
 
 
 def _lzma_filters(log2_dict: int, size: int | None = None) -> list[dict[str, Any]]:
@@ -212,12 +203,23 @@ def _lzma_filters(log2_dict: int, size: int | None = None) -> list[dict[str, Any
     return [f]
 
 
-def _smallest(
-    name: str, w: torch.Tensor, qp: QParams | None
-) -> tuple[str, str, list[bytes], int | None]:
-    """The shortest valid encoding of a prunable weight (ties: earliest listed):
-    (layout, values, parts, index of the packed-codes part or None)."""
-    candidates: list[tuple[str, str, list[bytes], int | None]] = [("dense", "raw", [_raw(w)], None)]
+def _fits_fp16(t: torch.Tensor) -> bool:
+    """Every value of the float32 ``t`` is exactly a float16 value."""
+    return t.dtype == torch.float32 and torch.equal(t.to(torch.float16).float(), t)
+
+
+def _raw_entry(t: torch.Tensor, values: list[torch.Tensor], *, half: bool) -> dict[str, Any]:
+    """The record of raw ``values`` (float16 when ``half`` allows and they all fit)."""
+    entry = {"layout": "dense", "values": "raw", "dtype": str(t.dtype).removeprefix("torch.")}
+    if half and all(_fits_fp16(v) for v in values):
+        entry["stored"] = "float16"
+    return entry
+
+
+def _smallest(name: str, w: torch.Tensor, qp: QParams | None) -> _Enc:
+    """The shortest valid encoding of a prunable weight (ties: earliest listed)."""
+    raw = _raw_entry(w, [w], half=True)
+    candidates: list[_Enc] = [(raw, [_raw(w, True)], None, None)]
     codes = None
     if qp is not None:
         codes = quantize(w, qp)
@@ -227,106 +229,42 @@ def _smallest(
                 "grid, e.g. from fine-tuning), so its codes would not reproduce it; apply "
                 "AffineQuantize after fine-tuning, or apply it again before `save`"
             )
-        qtail = [qp.scale.reshape(-1).numpy().astype("<f4").tobytes(),
+        scale = qp.scale.reshape(-1).float()
+        coded = {"layout": "dense", "values": "codes", "dtype": raw["dtype"], "bits": qp.bits,
+                 "per_channel": qp.per_channel}
+        if _fits_fp16(scale):
+            coded["scales"] = "float16"
+        qtail = [scale.numpy().astype("<f2" if "scales" in coded else "<f4").tobytes(),
                  qp.zero_point.reshape(-1).numpy().astype(np.uint8).tobytes()]
-        candidates.append(("dense", "codes", [pack_bits(codes.reshape(-1).numpy(), qp.bits), *qtail], 0))
+        candidates.append((coded, [pack_bits(codes.reshape(-1).numpy(), qp.bits), *qtail], 0, (qp.bits, w.numel())))
     nonzero = (w != 0).reshape(-1)
     if not bool(nonzero.all()):
         mask = nonzero.numpy()
+        nnz = int(mask.sum())
         gaps = np.diff(np.flatnonzero(mask), prepend=-1) - 1
         index = {"bitmask": np.packbits(mask, bitorder="little").tobytes(),
                  "delta": _varint_encode(gaps),
                  "rice": _rice_encode(gaps)}
+        values = w.reshape(-1)[nonzero]
+        sparse_raw = _raw_entry(w, [values], half=True)
         for layout in ("bitmask", "delta", "rice"):
-            candidates.append((layout, "raw", [index[layout], _raw(w.reshape(-1)[nonzero])], None))
+            extra = {"layout": layout, "nnz": nnz, **({} if layout == "bitmask" else {"index": len(index[layout])})}
+            raw_parts = [index[layout], _raw(values, "stored" in sparse_raw)]
+            candidates.append(({**sparse_raw, **extra}, raw_parts, None, None))
             if codes is not None:
                 nz_codes = pack_bits(codes.reshape(-1)[nonzero].numpy(), qp.bits)
-                candidates.append((layout, "codes", [index[layout], nz_codes, *qtail], 1))
-    return min(candidates, key=lambda c: sum(len(p) for p in c[2]))
+                candidates.append(({**coded, **extra}, [index[layout], nz_codes, *qtail], 1, (qp.bits, nnz)))
+    best = min(candidates, key=lambda c: sum(len(p) for p in c[1]))
+    return (dict(best[0]), *best[1:])
 
 
 # -------------------------------------------------------------------- helpers
 
 
-def pack_bits(codes: np.ndarray, bits: int) -> bytes:
-    """Pack unsigned ints < 2**bits (bits <= 32) to exactly ``bits`` bits each (LSB first)."""
-    codes = np.asarray(codes).astype(np.uint64).reshape(-1)
-    planes = ((codes[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_bits(buf: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of `pack_bits`: ``count`` values (uint8 for bits <= 8, else uint64)."""
-    flat = np.unpackbits(np.frombuffer(buf, np.uint8), count=count * bits, bitorder="little")
-    weights = np.uint64(1) << np.arange(bits, dtype=np.uint64)
-    values = (flat.reshape(count, bits).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
-    return values.astype(np.uint8) if bits <= 8 else values
-
-
-def _rice_encode(values: np.ndarray) -> bytes:
-    """Golomb-Rice code of non-negative ints with the k (0..32) that makes it shortest.
-
-    Bytes: k, the count n as a LEB128 varint, the quotients ``v >> k`` in unary
-    (that many 0 bits, then a 1), then the remainders at k bits each.
-    """
-    v = np.asarray(values, dtype=np.uint64).reshape(-1)
-    sizes = [int((v >> np.uint64(k)).sum()) + v.size * (k + 1) for k in range(33)]
-    k = int(np.argmin(sizes))
-    q = (v >> np.uint64(k)).astype(np.int64)
-    unary = np.zeros(int(q.sum()) + v.size, dtype=np.uint8)
-    unary[np.cumsum(q + 1) - 1] = 1
-    rem = v & np.uint64((1 << k) - 1)
-    head = bytes([k]) + _varint_encode(np.array([v.size], dtype=np.uint64))
-    return head + np.packbits(unary, bitorder="little").tobytes() + pack_bits(rem, k)
-
-
-def _rice_decode(buf: bytes) -> np.ndarray:
-    k = buf[0]
-    end = 1
-    while buf[end] & 0x80:
-        end += 1
-    n = int(_varint_decode(buf[1 : end + 1])[0])
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(buf, np.uint8, offset=end + 1), bitorder="little")
-    ones = np.flatnonzero(bits)[:n]  # the unary part ends at its n-th 1
-    q = np.diff(ones, prepend=-1) - 1
-    start = end + 1 + int(ones[-1]) // 8 + 1
-    rem = unpack_bits(buf[start:], k, n).astype(np.int64) if k else np.zeros(n, dtype=np.int64)
-    return (q.astype(np.int64) << k) | rem
-
-
-def _varint_encode(values: np.ndarray) -> bytes:
-    """LEB128: 7 bits per byte, high bit set on all but the last byte of a value."""
-    v = np.asarray(values, dtype=np.uint64).reshape(-1)
-    if v.size == 0:
-        return b""
-    nbytes = np.ones(v.shape, dtype=np.int64)
-    rest = v >> np.uint64(7)
-    while rest.any():
-        nbytes += rest > 0
-        rest >>= np.uint64(7)
-    width = int(nbytes.max())
-    pos = np.arange(width)
-    groups = ((v[:, None] >> (np.uint64(7) * pos.astype(np.uint64))) & np.uint64(0x7F)).astype(np.uint8)
-    groups |= np.where(pos[None, :] < nbytes[:, None] - 1, 0x80, 0).astype(np.uint8)
-    return groups[pos[None, :] < nbytes[:, None]].tobytes()
-
-
-def _varint_decode(buf: bytes) -> np.ndarray:
-    b = np.frombuffer(buf, np.uint8)
-    if b.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    last = (b & 0x80) == 0
-    value_id = np.concatenate([[0], np.cumsum(last)[:-1]])
-    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
-    shift = (np.arange(b.size) - starts[value_id]) * 7
-    out = np.zeros(int(last.sum()), dtype=np.int64)
-    np.add.at(out, value_id, (b & 0x7F).astype(np.int64) << shift)
-    return out
-
-
-def _raw(t: torch.Tensor) -> bytes:
+def _raw(t: torch.Tensor, half: bool = False) -> bytes:
+    """Little-endian bytes of ``t``: float16 when ``half`` and ``t`` fits, else its dtype."""
+    if half and _fits_fp16(t):
+        return t.to(torch.float16).numpy().astype("<f2").tobytes()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().astype("<i2").tobytes()
     arr = t.numpy()
@@ -343,16 +281,3 @@ def _recipe(model: nn.Module, recipe: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise TypeError(f"`recipe` must be a dict, but got {type(recipe).__name__}")
     return recipe
-
-
-def _jsonable_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, dict):
-        raise TypeError(f"`metrics` must be a dict, but got {type(metrics).__name__}")
-    try:
-        return json.loads(json.dumps(metrics))
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`metrics` must be JSON-serialisable ({e}), but got {metrics!r}") from e
-
-

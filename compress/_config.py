@@ -125,14 +125,19 @@ def config_from_json(d: dict[str, Any]) -> Any:
         raise ValueError(
             f"unknown config type {name!r}; allowed: {sorted(_JSON_TYPES)}.{closest(name, _JSON_TYPES)}"
         )
-    if d["_version"] != cls.VERSION:
+    # An older version is read when the type says what its new fields were then (``UPGRADES``).
+    upgrades = getattr(cls, "UPGRADES", {})
+    if d["_version"] != cls.VERSION and d["_version"] not in upgrades:
         raise ValueError(
             f"{name} JSON has _version={d['_version']!r}, but this slimtune reads "
-            f"version {cls.VERSION}; use the slimtune release that wrote it"
+            f"version {cls.VERSION}{''.join(f' or {v}' for v in sorted(upgrades))}; "
+            "use the slimtune release that wrote it"
         )
     data = d["_data"]
     if not isinstance(data, dict):
         raise TypeError(f"'_data' must be a dict, but got {type(data).__name__}")
+    if d["_version"] != cls.VERSION:
+        data = {**data, **upgrades[d["_version"]]}
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:

@@ -22,8 +22,20 @@ import torch
 import torch.nn as nn
 
 from ._config import config_from_json
+from ._format3 import resolve
 from ._models import _check_recipe, build_model, builtin_size, prunable_modules
-from ._parse import MAX_PARAMS, ArtifactError, Source, _bad, _decode, _guard, _parse, _read
+from ._parse import (
+    MAX_PARAMS,
+    ArtifactError,
+    Source,
+    _bad,
+    _check_manifest,
+    _data_length,
+    _decode,
+    _guard,
+    _parse,
+    _read,
+)
 from ._quantize import QPARAMS_ATTR
 
 __all__ = ["ArtifactError", "UntrustedCodeError", "load", "read_manifest", "resize_", "MAX_PARAMS"]
@@ -52,6 +64,8 @@ def load(
     global RNG, resized to the stored tensor shapes (structured pruning), and
     the decoded tensors are loaded.  Quantized weights get their QParams back.
     The model is returned in eval mode (call ``.train()`` to fine-tune it).
+    `applied_configs` of the result are the configs a format-1/2 file recorded;
+    format 3 keeps them out of the file (they are in the results row), so ``()``.
 
     builders:   for a recipe whose model is a ``"module:function"`` hook, the
                 function to call for it, keyed by that string (nothing is imported).
@@ -62,18 +76,31 @@ def load(
     `UntrustedCodeError` for a hook model without ``builders``/``trust_code``.
     """
     blob, label = _read(src, max_params)
-    manifest, data = _guard(label, _parse, blob, label, max_params, manifest_only=False)
-    configs = _guard(label, lambda: tuple(config_from_json(c) for c in manifest["configs"]))
-    model = _build(manifest["recipe"], label, manifest["tensors"], builders, trust_code, max_params)
-    _guard(label, _fill, model, manifest, data, label)
+    version, manifest, take = _guard(label, _parse, blob, label, max_params)
+    configs = () if version == 3 else _guard(label, lambda: tuple(config_from_json(c) for c in manifest["configs"]))
+    recipe = manifest["recipe"]
+    model = _build(recipe, label, manifest["tensors"], builders, trust_code, max_params)
+    table = manifest["tensors"]
+    if version == 3:  # names and shapes from the model the recipe built
+        table = _guard(label, resolve, table, model.state_dict())
+        _guard(label, _check_manifest, {"recipe": recipe, "configs": [], "tensors": table}, label, max_params)
+    data = _guard(label, take, _data_length(table))
+    _guard(label, _fill, model, recipe, table, data, label)
     object.__setattr__(model, "slimtune_configs", configs)
     return model.eval()
 
 
 def read_manifest(src: Source, *, max_params: int = MAX_PARAMS) -> dict[str, Any]:
-    """The manifest dict of the artifact in ``src`` (decodes only the manifest; imports nothing)."""
+    """What the artifact in ``src`` says about itself (decodes no tensor data; imports nothing).
+
+    Format 3: ``{"format": 3, "recipe": ..., "tensors": [...]}``, one encoding per tensor of
+    the recipe's model in state-dict order (``layout``, ``values``, ``dtype``; ``stored``/``scales``
+    ``"float16"``; codes: ``bits``, ``per_channel``, ``packing``; sparse: ``nnz``, ``index``
+    length; ``shape`` where it is stored).  Formats 1 and 2: their JSON manifest, which also
+    names each tensor with its shape and holds configs, metrics and library versions.
+    """
     blob, label = _read(src, max_params)
-    manifest, _ = _guard(label, _parse, blob, label, max_params, manifest_only=True)
+    _, manifest, _ = _guard(label, _parse, blob, label, max_params)
     return manifest
 
 
@@ -111,10 +138,10 @@ def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]],
         raise _bad(label, f"its recipe does not build ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
 
 
-def _fill(model: nn.Module, manifest: dict[str, Any], data: bytes, label: str) -> None:
+def _fill(model: nn.Module, recipe: dict[str, Any], tensors: list[dict[str, Any]], data: bytes, label: str) -> None:
     """Check the stored tensors against the model, decode them into it, restore QParams."""
     own = model.state_dict()
-    stored = {e["name"]: e for e in manifest["tensors"]}
+    stored = {e["name"]: e for e in tensors}
     if set(own) != set(stored):
         odd = sorted(set(own) ^ set(stored))[:3]
         raise _bad(label, f"its tensors do not match the recipe's model (e.g. {odd})")
@@ -133,7 +160,6 @@ def _fill(model: nn.Module, manifest: dict[str, Any], data: bytes, label: str) -
         qp = qparams.get(f"{name}.weight")
         if qp is not None:
             object.__setattr__(module, QPARAMS_ATTR, qp)
-    recipe = manifest["recipe"]
     if recipe["arch"] != "hook":  # cost bounded by builtin_size: the stored parts must fit together
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, *recipe["input_shape"]))

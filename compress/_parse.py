@@ -1,10 +1,12 @@
 """Parsing an artifact's bytes (the layout is in `_artifact`); every byte is untrusted.
 
-The manifest is at most `MAX_MANIFEST` bytes; the tensors it lists hold at most
-``max_params`` elements; every tensor's byte lengths must equal what its shape and
-encoding need (upper bounds for sparse indexes), parts lie back to back; the LZMA
-stream is decoded to exactly the length the checked manifest describes (more is
-refused: no decompression bomb).  Anything malformed raises `ArtifactError`.
+The manifest (format 2) or header (format 3) is at most `MAX_MANIFEST` bytes; the
+tensors it lists hold at most ``max_params`` elements; every tensor's byte lengths
+must equal what its shape and encoding need (upper bounds for sparse indexes), parts
+lie back to back; the LZMA stream is decoded to exactly the length the checked table
+describes (more is refused: no decompression bomb).  A format-3 table gets its names
+and shapes from the recipe's model (`_format3.resolve`), so its data is decoded only
+after that model is built and bounded.  Anything malformed raises `ArtifactError`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any, BinaryIO, Callable, Union
 import numpy as np
 import torch
 
-from ._artifact import _HEADER, _LEGACY_MAGIC, FORMAT, MAGIC, _lzma_filters, _varint_decode, unpack_bits
+from ._artifact import _HEADER, _LEGACY_MAGIC, FORMAT, MAGIC, _lzma_filters
+from ._codes import _varint_decode, unpack_bits
+from ._format3 import HeaderError, read_header
 from ._quantize import QParams, dequantize
 
 __all__ = ["ArtifactError", "MAX_PARAMS", "MAX_MANIFEST"]
@@ -27,7 +31,7 @@ __all__ = ["ArtifactError", "MAX_PARAMS", "MAX_MANIFEST"]
 #: Default bound on the model an artifact may describe (elements of all tensors,
 #: and parameters and activations per input row of a built-in recipe).
 MAX_PARAMS = 100_000_000
-#: Largest manifest (UTF-8 JSON) accepted, in bytes.
+#: Largest manifest (format 2's UTF-8 JSON) or header (format 3) accepted, in bytes.
 MAX_MANIFEST = 16 * 2**20
 _MAX_DIMS = 8
 _XZ_MEMLIMIT = 2**27  # the xz decoder's memory (format 1); format 2 caps its dictionary at 2**26
@@ -85,6 +89,8 @@ def _guard(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
         return fn(*args, **kwargs)
     except ArtifactError:
         raise
+    except HeaderError as e:
+        raise _bad(label, str(e)) from None
     except (IndexError, KeyError, struct.error, ValueError, TypeError, OverflowError, RecursionError,
             lzma.LZMAError, EOFError, RuntimeError, AttributeError) as e:
         detail = " ".join(str(e).split())[:300]
@@ -95,39 +101,74 @@ def _bad(label: str, what: str) -> ArtifactError:
     return ArtifactError(f"{label!r} is not a valid slimtune artifact: {what}")
 
 
-def _parse(blob: bytes, label: str, max_params: int, *, manifest_only: bool) -> tuple[dict[str, Any], bytes]:
-    """(checked manifest, data section of exactly the length it describes)."""
+Take = Callable[[int], bytes]
+
+
+def _parse(blob: bytes, label: str, max_params: int) -> tuple[int, dict[str, Any], Take]:
+    """(format, checked manifest or format-3 header, ``take``): ``take(n)`` decodes the data
+    section, which must be exactly ``n`` bytes long (``n`` from the checked table)."""
     if blob[: len(_LEGACY_MAGIC)] == _LEGACY_MAGIC:  # format 1
         manifest, end = _manifest_at(blob, len(_LEGACY_MAGIC), label, max_params)
-        size = _data_length(manifest, label)
         compression = manifest.get("compression", "none")
-        if manifest_only:
-            return manifest, b""
-        if compression == "lzma":
-            dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT)  # a 4 GiB dictionary: refused
-            return manifest, _inflate(dec, blob[end:], size, label)
+        if compression == "lzma":  # a 4 GiB xz dictionary is refused by the memory limit
+            return 1, manifest, lambda n: _inflate(lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT),
+                                                   blob[end:], n, label)
         if compression != "none":
             raise _bad(label, f"unknown data compression {compression!r}")
-        return manifest, _exact(blob[end:], size, label)
+        return 1, manifest, lambda n: _exact(blob[end:], n, label)
     if blob[: len(MAGIC) - 1] != MAGIC[:-1] or len(blob) < len(MAGIC) + 1:
         raise ArtifactError(f"{label!r} is not a slimtune artifact (it does not start with {MAGIC[:-1]!r}); "
                             "pass a file written by `compress.save`")
     version, codec = blob[len(MAGIC) - 1], blob[len(MAGIC)]
-    if version != FORMAT or codec not in (0, 1):
+    if version not in (2, FORMAT) or codec not in (0, 1):
         raise ArtifactError(f"artifact {label!r} has format {version} (codec {codec}), but this slimtune "
-                            f"reads formats 1 and {FORMAT}; use the release that wrote it")
+                            f"reads formats 1 to {FORMAT}; use the release that wrote it")
     if codec == 0:
-        manifest, end = _manifest_at(blob, len(MAGIC) + 1, label, max_params)
-        size = _data_length(manifest, label)
-        return manifest, b"" if manifest_only else _exact(blob[end:], size, label)
+        head, at = _head(version, blob[len(MAGIC) + 1 :], label, max_params)
+        return version, head, lambda n: _exact(blob[len(MAGIC) + 1 + at :], n, label)
     if len(blob) < len(MAGIC) + 2 or not 12 <= blob[len(MAGIC) + 1] <= 26:
         raise _bad(label, "the LZMA dictionary size byte is missing or outside 12..26")
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(blob[len(MAGIC) + 1]))
-    head = dec.decompress(blob[len(MAGIC) + 2 :], max_length=_HEADER.size)
-    n = _manifest_length(head, label)
-    manifest = _manifest_json(dec.decompress(b"", max_length=n) if n else b"", n, label, max_params)
-    size = _data_length(manifest, label)
-    return manifest, b"" if manifest_only else _inflate(dec, b"", size, label)
+    stream = _Stream(dec, blob[len(MAGIC) + 2 :])
+    head, _ = _head(version, stream, label, max_params)
+    return version, head, lambda n: _inflate(dec, b"", n, label)
+
+
+class _Stream:
+    """Slices ``[a:b]`` of an LZMA stream read front to back; decodes no more than ``b`` bytes."""
+
+    def __init__(self, dec: Any, data: bytes) -> None:
+        self.dec, self.data, self.got = dec, data, b""
+
+    def __getitem__(self, s: slice) -> bytes:
+        if s.stop > len(self.got):
+            self.got += self.dec.decompress(self.data, max_length=s.stop - len(self.got))
+            self.data = b""
+        return self.got[s]
+
+
+def _head(version: int, body: Any, label: str, max_params: int) -> tuple[dict[str, Any], int]:
+    """The manifest (format 2) or header (format 3) at the start of a body; and where it ends."""
+    if version == 2:
+        n = _manifest_length(body[0 : _HEADER.size], label)
+        return _manifest_json(body[_HEADER.size : _HEADER.size + n], n, label, max_params), _HEADER.size + n
+    n, at = 0, 0
+    while True:  # the header length, a varint of at most 4 bytes (MAX_MANIFEST < 2**28)
+        b = body[at : at + 1]
+        if not b or at == 4:
+            raise _bad(label, "truncated before the header length, or a header length over 4 bytes")
+        n, at = n | (b[0] & 0x7F) << (7 * at), at + 1
+        if b[0] < 0x80:
+            break
+    if n > MAX_MANIFEST:
+        raise _bad(label, f"header length {n} exceeds the {MAX_MANIFEST}-byte limit")
+    raw = body[at : at + n]
+    if len(raw) != n:
+        raise _bad(label, f"truncated header ({len(raw)} of {n} bytes)")
+    try:
+        return read_header(raw), at + n
+    except HeaderError as e:
+        raise _bad(label, str(e)) from None
 
 
 def _manifest_length(head: bytes, label: str) -> int:
@@ -211,6 +252,10 @@ def _check_manifest(m: Any, label: str, max_params: int) -> None:
                                        or (e["per_channel"] and not shape)
                                        or e.get("packing", "bits") not in ("bits", "bytes")):
             raise _bad(label, f"{where} needs 'bits' in 2..8, a bool 'per_channel' and packing 'bits' or 'bytes'")
+        if (e.get("stored", "float16") != "float16" or e.get("scales", "float16") != "float16"
+                or ("stored" in e and (e["values"], e["dtype"]) != ("raw", "float32"))
+                or ("scales" in e and e["values"] != "codes")):
+            raise _bad(label, f"{where} may store only float32 raw values and code scales as 'float16'")
         if e["offset"] != pos:  # the writer stores the tensors' parts back to back, in order
             raise _bad(label, f"{where} starts at offset {e['offset']}, not where the previous one ends ({pos})")
         _check_lengths(e, math.prod(shape), label, where)
@@ -219,7 +264,7 @@ def _check_manifest(m: Any, label: str, max_params: int) -> None:
 
 def _check_lengths(e: dict[str, Any], numel: int, label: str, where: str) -> None:
     """Part lengths that follow from the shape alone (exact, or an upper bound for sparse parts)."""
-    parts, size = e["parts"], _DTYPES[e["dtype"]].itemsize
+    parts, size = e["parts"], _value_dtype(e).itemsize
     want: list[tuple[int, int]] = []  # (index, exact length), then upper bounds below
     if e["layout"] == "dense" and e["values"] == "raw":
         want.append((0, numel * size))
@@ -227,7 +272,7 @@ def _check_lengths(e: dict[str, Any], numel: int, label: str, where: str) -> Non
         want.append((0, (numel + 7) // 8))
     if e["values"] == "codes":
         channels = e["shape"][0] if e["per_channel"] else 1
-        want += [(len(parts) - 2, 4 * channels), (len(parts) - 1, channels)]
+        want += [(len(parts) - 2, (2 if "scales" in e else 4) * channels), (len(parts) - 1, channels)]
         if e["layout"] == "dense":
             want.append((0, numel if e.get("packing") == "bytes" else (numel * e["bits"] + 7) // 8))
     for i, n in want:
@@ -237,8 +282,13 @@ def _check_lengths(e: dict[str, Any], numel: int, label: str, where: str) -> Non
         raise _bad(label, f"{where} ({e['name']!r:.60}) has sparse parts longer than its shape allows")
 
 
-def _data_length(m: dict[str, Any], label: str) -> int:
-    return max((e["offset"] + sum(e["parts"]) for e in m["tensors"]), default=0)
+def _value_dtype(e: dict[str, Any]) -> torch.dtype:
+    """The dtype raw values are stored in: float16 where the table says so, else the tensor's."""
+    return torch.float16 if "stored" in e else _DTYPES[e["dtype"]]
+
+
+def _data_length(tensors: list[dict[str, Any]]) -> int:
+    return max((e["offset"] + sum(e["parts"]) for e in tensors), default=0)
 
 
 def _int(v: Any) -> bool:
@@ -260,9 +310,10 @@ def _decode(e: dict[str, Any], data: bytes, label: str) -> tuple[torch.Tensor, Q
         mask = _mask(e["layout"], parts[0], numel, label, where)
         nnz, rest = int(mask.sum()), parts[1:]
     if e["values"] == "raw":
-        if len(rest[0]) != nnz * dtype.itemsize:
+        stored = _value_dtype(e)
+        if len(rest[0]) != nnz * stored.itemsize:
             raise _bad(label, f"{where} stores {len(rest[0])} value bytes for {nnz} values")
-        vals = _from_raw(rest[0], dtype, nnz)
+        vals = _from_raw(rest[0], stored, nnz).to(dtype)
         out = vals if mask is None else torch.zeros(numel, dtype=dtype).masked_scatter_(mask, vals)
         return out.reshape(shape), None
     bits, per_channel = e["bits"], e["per_channel"]
@@ -270,7 +321,7 @@ def _decode(e: dict[str, Any], data: bytes, label: str) -> tuple[torch.Tensor, Q
     if len(rest[0]) != width:
         raise _bad(label, f"{where} stores {len(rest[0])} code bytes for {nnz} {bits}-bit codes")
     view = (shape[0],) + (1,) * (len(shape) - 1) if per_channel else ()
-    scale = torch.from_numpy(np.frombuffer(rest[1], "<f4").astype(np.float32)).reshape(view)
+    scale = torch.from_numpy(np.frombuffer(rest[1], "<f2" if "scales" in e else "<f4").astype(np.float32)).reshape(view)
     zp = torch.from_numpy(np.frombuffer(rest[2], np.uint8).astype(np.float32)).reshape(view)
     qp = QParams(bits, scale.contiguous(), zp.contiguous())
     if e.get("packing") == "bytes":

@@ -3,16 +3,20 @@ quantization-aware fine-tuning (QAT).
 
 codes = clamp(round(w / Q + B), 0, 2**k - 1),  dequantized w = (codes - B) * Q
 
-Q (scale, fp32) and the integer zero-point B are per tensor or per output
-channel.  The module keeps running in fp32 on the dequantized weights; the
-quantization parameters are kept in ``module.weight_qparams`` so `save` can
-store the k-bit codes.
+Q (scale) and the integer zero-point B are per tensor or per output channel;
+with ``fp16=True`` (the default) Q is rounded up to a float16 value and the
+layer's bias to the nearest float16, so the artifact stores them in 2 bytes
+each and the model evaluated before `save` is the one `load` gives back.  The
+module keeps running in fp32 on the dequantized weights; the quantization
+parameters are kept in ``module.weight_qparams`` so `save` can store the k-bit
+codes.
 
 QAT: `FakeQuantize` puts a parametrization on each weight, so the forward pass
 sees the quantized weight while the optimizer updates the latent fp32 weight
-(straight-through estimator: the gradient passes the rounding unchanged).
-`AffineQuantize` afterwards removes it and quantizes the latent weight, which
-gives exactly the weights the last QAT forward pass used.
+(straight-through estimator: the gradient passes the rounding unchanged); with
+``fp16`` the bias is seen rounded to float16 the same way.  `AffineQuantize`
+afterwards removes them and quantizes the latent weight, which gives exactly
+the weights (and biases) the last QAT forward pass used.
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ QPARAMS_ATTR = "weight_qparams"
 class _QuantFields:
     """The fields AffineQuantize and FakeQuantize share, validated once."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    #: Fields a JSON of an older version lacks, with the value they had then.
+    UPGRADES: ClassVar[dict[int, dict[str, object]]] = {1: {"fp16": False}}
     bits: int = 8
     per_channel: bool = True
     symmetric: bool = False
+    fp16: bool = True
 
     def __post_init__(self) -> None:
         _check_quant_fields(self)
@@ -53,6 +60,10 @@ class AffineQuantize(_QuantFields):
     symmetric:   B = 2**(bits-1), Q = max|w| / (2**(bits-1) - 1); otherwise Q and
                  B come from min/max of w, with the range widened to include 0
                  so zeros (pruned weights) stay exactly 0.
+    fp16:        round Q up to a float16 value (the range still covers w) and
+                 the layer's bias to the nearest float16; `save` then stores
+                 them in 2 bytes each.  A tensor with a value outside
+                 float16's normal range keeps fp32 (it is stored in 4 bytes).
     """
 
 
@@ -81,7 +92,7 @@ def _check_quant_fields(config: _QuantFields) -> None:
             f"`2 <= bits <= 8` must hold, but got bits={config.bits}; for fp32 weights "
             f"leave {name} out"
         )
-    for field in ("per_channel", "symmetric"):
+    for field in ("per_channel", "symmetric", "fp16"):
         if not isinstance(getattr(config, field), bool):
             raise TypeError(f"`{field}` must be a bool, but got {field}={getattr(config, field)!r}")
 
@@ -103,7 +114,8 @@ class QParams:
         return self.scale.dim() > 0
 
 
-def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: bool) -> QParams:
+def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: bool,
+                   fp16: bool = False) -> QParams:
     """Scale and zero-point for ``w`` (see `AffineQuantize`)."""
     w = w.detach().float()
     qmax = 2**bits - 1
@@ -121,12 +133,32 @@ def choose_qparams(w: torch.Tensor, bits: int, per_channel: bool, symmetric: boo
         scale = (hi - lo) / qmax
     # An all-zero channel: any positive scale represents it exactly.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if fp16:
+        scale = _fp16_up(scale)
     if not symmetric:
         zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
     if per_channel:
         view = (-1,) + (1,) * (w.dim() - 1)
         scale, zero_point = scale.reshape(view), zero_point.reshape(view)
     return QParams(bits, scale.contiguous(), zero_point.contiguous())
+
+
+def _fp16_up(x: torch.Tensor) -> torch.Tensor:
+    """The smallest float16 values >= the positive ``x`` (as float32), or ``x`` unchanged
+    when some value lies outside float16's normal range [2**-14, 65504]."""
+    if not bool(((x >= 2.0**-14) & (x <= 65504.0)).all()):
+        return x
+    h = x.to(torch.float16)
+    up = (h.view(torch.int16) + 1).view(torch.float16)  # the next float16 up (positive values)
+    return torch.where(h.float() < x, up, h).float()
+
+
+def round_fp16_(t: torch.Tensor) -> None:
+    """In place: ``t`` rounded to the nearest float16 values, unless one would overflow."""
+    with torch.no_grad():
+        half = t.detach().to(torch.float16)
+        if not bool((torch.isfinite(t) & ~torch.isfinite(half)).any()):
+            t.copy_(half.to(t.dtype))
 
 
 def quantize(w: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -143,15 +175,25 @@ def dequantize(codes: torch.Tensor, qp: QParams) -> torch.Tensor:
 class _FakeQuant(nn.Module):
     """Weight parametrization: quantize-dequantize forward, identity gradient."""
 
-    def __init__(self, bits: int, per_channel: bool, symmetric: bool) -> None:
+    def __init__(self, bits: int, per_channel: bool, symmetric: bool, fp16: bool) -> None:
         super().__init__()
-        self.bits, self.per_channel, self.symmetric = bits, per_channel, symmetric
+        self.bits, self.per_channel, self.symmetric, self.fp16 = bits, per_channel, symmetric, fp16
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        qp = choose_qparams(w, self.bits, self.per_channel, self.symmetric)
+        qp = choose_qparams(w, self.bits, self.per_channel, self.symmetric, self.fp16)
         q = dequantize(quantize(w, qp), qp).to(w.dtype)
         # Straight-through estimator: the value is exactly q, the gradient w.r.t. w is 1.
         return q + (w - w.detach())
+
+
+class _FakeHalf(nn.Module):
+    """Bias parametrization: rounded to float16 forward (as `AffineQuantize` leaves it),
+    identity gradient."""
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        half = b.detach().clone()
+        round_fp16_(half)
+        return half + (b - b.detach())
 
 
 @register(FakeQuantize)
@@ -159,17 +201,20 @@ def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
         _remove_fake_quant(module)
         parametrize.register_parametrization(
-            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric)
+            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric, config.fp16)
         )
+        if config.fp16 and isinstance(module.bias, nn.Parameter) and module.bias.dtype == torch.float32:
+            parametrize.register_parametrization(module, "bias", _FakeHalf())
     return model
 
 
 def _remove_fake_quant(module: nn.Module) -> None:
-    """Drop a `FakeQuantize` parametrization, keeping the latent fp32 weight."""
+    """Drop `FakeQuantize`'s parametrizations, keeping the latent fp32 weight and bias."""
     if not parametrize.is_parametrized(module, "weight"):
         return
-    if set(module.parametrizations) != {"weight"} or not all(
-        isinstance(p, _FakeQuant) for p in module.parametrizations["weight"]
+    ours = {"weight": _FakeQuant, "bias": _FakeHalf}
+    if not set(module.parametrizations) <= set(ours) or not all(
+        isinstance(p, ours[name]) for name in module.parametrizations for p in module.parametrizations[name]
     ):
         raise ValueError(
             f"{type(module).__name__} has a parametrization slimtune did not add; "
@@ -177,10 +222,14 @@ def _remove_fake_quant(module: nn.Module) -> None:
         )
     # By hand, not parametrize.remove_parametrizations: that deletes the `weight`
     # property from the parametrized class, which deep copies of the module share.
-    latent = module.parametrizations["weight"].original
+    latent = {name: module.parametrizations[name].original for name in module.parametrizations}
     delattr(module, "parametrizations")  # Module.__delattr__ drops the submodule
     module.__class__ = module.__class__.__bases__[0]
-    module.register_parameter("weight", latent)
+    if "bias" not in latent:  # re-registered after the weight, so the state dict keeps its order
+        latent["bias"] = module.bias
+        delattr(module, "bias")
+    for name in ("weight", "bias"):
+        module.register_parameter(name, latent[name])
 
 
 def is_fake_quantized(model: nn.Module) -> bool:
@@ -193,9 +242,11 @@ def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
     for _, module in prunable_modules(model):
         _remove_fake_quant(module)
         w = module.weight
-        qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric)
+        qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric, config.fp16)
         with torch.no_grad():
             w.copy_(dequantize(quantize(w, qp), qp))
+        if config.fp16 and module.bias is not None and module.bias.dtype == torch.float32:
+            round_fp16_(module.bias)
         object.__setattr__(module, QPARAMS_ATTR, qp)
     return model
 

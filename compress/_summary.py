@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from ._artifact import _encode, _recipe, dense_bytes
-from ._config import applied_configs
 from ._int8 import to_int8
 from ._models import build_model, prunable_modules
 from ._prune import count_params
@@ -25,7 +24,7 @@ def summary(
 
     Keys:
       dense_bytes        the recipe's uncompressed model as plain fp32 (`dense_bytes`)
-      artifact_bytes     what `save` would write for ``model`` (configs included)
+      artifact_bytes     what `save` would write for ``model``
       compression_ratio  dense_bytes / artifact_bytes
       params, nonzero_params   of ``model`` (`count_params`)
       bits_per_weight    8 * artifact_bytes / parameters of the uncompressed model
@@ -52,7 +51,7 @@ def summary(
     with torch.random.fork_rng(devices=[]):
         reference = build_model(recipe)
     dense = dense_bytes(reference, recipe)
-    artifact = len(_encode(model, recipe, list(applied_configs(model)), None, dense=False))
+    artifact = len(_encode(model, recipe, dense=False))
     params, nonzero = count_params(model)
     dense_params, _ = count_params(reference)
     int8 = to_int8(model)

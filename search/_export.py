@@ -1,6 +1,8 @@
 """Deployable exports of a sweep's trial, and predictions from them.
 
-Three formats, each carrying the same manifest (JSON, see :func:`export_manifest`):
+Three formats, each carrying the same manifest (JSON, see :func:`export_manifest`: the trial's
+metrics and parameters from its results row, the model's recipe and compression configs, the
+preprocessing, library versions):
 
 * ``slim``        the trial's artifact, byte for byte (its length is the trial's ``size_bytes``;
                   ``compress.load`` reads it), plus the manifest in a sidecar ``<file>.json``;
@@ -138,12 +140,23 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any
         "params": {k: _jsonable(row[k]) for k in meta["params"] if k in row.index},
         "metrics": {k: _jsonable(row[k]) for k in metric_cols if k in row.index and _jsonable(row[k]) is not None},
         "model": {"kind": kind, "input_shape": list(recipe["input_shape"]), "n_outputs": n_out,
-                  "recipe": recipe, "configs": art["configs"]},
+                  "recipe": recipe, "configs": _configs(art, row)},
         "preprocess": preprocess_of(meta, kind, n_out),
         "spec": meta.get("spec", {}),
         "versions": library_versions(),
-        "artifact_versions": art.get("versions", {}),
+        **({"artifact_versions": art["versions"]} if "versions" in art else {}),  # formats 1-2 recorded them
     }
+
+
+def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
+    """The compression configs of a trial: an artifact of format 1-2 records them; from format 3
+    on the artifact holds only the model, and the row's parameters give them."""
+    if "configs" in art:
+        return art["configs"]
+    import compress
+    from search._trial import compression_configs
+
+    return [compress.config_to_json(c) for part in compression_configs(row.to_dict()) for c in part]
 
 
 def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False):

@@ -35,7 +35,7 @@ def predict(spec: Spec, data: Data, config: dict[str, Any]) -> dict[str, float]:
         configs = [c for part in compression_configs(config) for c in part]
         small = compress.compress(model, *configs) if configs else model
         with tempfile.TemporaryDirectory() as d:
-            size = compress.save(small, Path(d) / "m.slim", recipe=recipe, configs=configs)
+            size = compress.save(small, Path(d) / "m.slim", recipe=recipe)
     finally:
         torch.random.set_rng_state(state)
     params, nonzero = compress.count_params(small)

@@ -129,7 +129,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
     path = Path(out_dir) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = {metric: val[metric], "loss": val["loss"], f"test_{metric}": test[metric], "test_loss": test["loss"]}
-    size = compress.save(model, path, recipe=recipe, configs=configs, metrics=metrics)
+    size = compress.save(model, path, recipe=recipe)
     dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
     return {
         **metrics,

@@ -1,16 +1,17 @@
 """Untrusted artifacts: `compress.load` of hostile bytes, and of code it was not asked to run.
 
-Every artifact format the code writes or reads is in `WRITERS` (a tiny model each); a new format
-adds a writer there and inherits every case.  Each case must end in one `compress.ArtifactError`
+Every artifact format the code writes or reads is in `WRITERS` (a tiny model each; formats 1 and 2,
+no longer written, as files the format-2 writer wrote); a new format adds writers there and
+inherits every case.  Each case must end in one `compress.ArtifactError`
 with a one-line message, or (byte flips that keep the file valid) a model with the stored tensor
 shapes that, for the built-in architectures, runs and gives the recipe's outputs:
 
 * truncation at every offset, 300 seeded random byte flips per format, and 300 more behind the
-  LZMA layer (in the decoded body, many rewriting manifest digits);
+  LZMA layer (in the decoded body, many rewriting manifest digits or format-3 header bytes);
 * an LZMA bomb (a valid artifact followed by 1 GiB of compressed zeros, in both LZMA containers;
   a manifest length of 16 MiB of zeros, an xz dictionary of 4 GiB) and manifests describing huge
   models (width 10**9, depth 10**9, a tensor of 10**12 elements dense or sparse, a 4 GiB
-  manifest length).
+  manifest length), in format 2's JSON and in format 3's header.
 
 Time and memory are bounded by design, not timed: the reader is O(file length + max_params) and
 decodes an LZMA stream only to the length the checked manifest describes.  The files here are
@@ -42,6 +43,7 @@ import torch.nn as nn
 
 import compress
 from compress import AffineQuantize, MagnitudePrune, StructuredPrune
+from compress._format3 import pack_header, read_header, varint
 from search._results import write_results
 from slimtune.cli import main
 from tests import user_models
@@ -53,6 +55,8 @@ HOOK = {"arch": "hook", "hook": "tests.user_models:residual_mlp", "input_shape":
         "config": {"in_dim": 16, "hidden": 6, "out_dim": 2, "blocks": 1}}
 BUILDERS = {HOOK["hook"]: user_models.residual_mlp}
 MAGIC = b"SLIMTUN\x02"
+MAGIC3 = b"SLIMTUN\x03"
+OLD = ROOT / "tests" / "fixtures" / "artifacts_old"  # written by the format-2 writer (commit 3176389)
 
 
 def _saved(recipe: dict, *configs, tweak: Callable[[nn.Module], None] | None = None) -> bytes:
@@ -77,7 +81,8 @@ def _laplace(model: nn.Module) -> None:
 
 
 def _body(blob: bytes) -> bytes:
-    """The decoded body (uint32 n | manifest | data) of a format-2 artifact."""
+    """The decoded body of a format-2 (uint32 n | manifest | data) or format-3 (varint n | header |
+    data) artifact."""
     if blob[8] == 0:
         return blob[9:]
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2 ** blob[9]}])
@@ -96,25 +101,56 @@ def _v1(blob: bytes, xz: bool) -> bytes:
 
 
 def _plain(blob: bytes) -> bytes:
-    """The same format-2 artifact with codec 0 (body stored as is), as `save` writes when LZMA does not pay."""
-    return MAGIC + b"\x00" + _body(blob)
+    """The same format-2/3 artifact with codec 0 (body stored as is), as `save` writes when LZMA does not pay."""
+    return blob[:8] + b"\x00" + _body(blob)
+
+
+def _old(name: str) -> Callable[[], bytes]:
+    return lambda: (OLD / f"{name}.slim").read_bytes()
+
+
+def _split3(blob: bytes) -> tuple[int, bytes, bytes]:
+    """(where the header starts, header, data) of a format-3 artifact's decoded body."""
+    body = _body(blob)
+    n, at = 0, 0
+    while True:
+        n |= (body[at] & 0x7F) << (7 * at)
+        at += 1
+        if body[at - 1] < 0x80:
+            return at, body[at : at + n], body[at + n :]
+
+
+def _with_header(blob: bytes, edit: Callable[[dict], None], codec: int = 0) -> bytes:
+    """A format-3 artifact whose header (as `read_header` gives it) was edited, same data."""
+    _, head, data = _split3(blob)
+    h = read_header(head)
+    edit(h)
+    new = pack_header(h["recipe"], h["tensors"])
+    body = varint(len(new)) + new + data
+    if codec == 0:
+        return MAGIC3 + b"\x00" + body
+    return MAGIC3 + b"\x01\x14" + lzma.compress(body, format=lzma.FORMAT_RAW,
+                                                filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2**20}])
 
 
 #: name -> () -> bytes of a tiny artifact; together they cover every container and encoding.
 WRITERS: dict[str, Callable[[], bytes]] = {
-    "v2-lzma-bitmask-4bit": lambda: _saved(MLP, MagnitudePrune(sparsity=0.5, scope="layer"), AffineQuantize(bits=4)),
-    "v2-lzma-rice": lambda: _saved(MLP, MagnitudePrune(sparsity=0.9, scope="layer")),
-    "v2-lzma-delta-3bit": lambda: _saved(MLP, MagnitudePrune(sparsity=0.97, scope="layer"),
+    "v3-lzma-bitmask-4bit": lambda: _saved(MLP, MagnitudePrune(sparsity=0.5, scope="layer"), AffineQuantize(bits=4)),
+    "v3-lzma-rice": lambda: _saved(MLP, MagnitudePrune(sparsity=0.9, scope="layer")),
+    "v3-lzma-delta-3bit": lambda: _saved(MLP, MagnitudePrune(sparsity=0.97, scope="layer"),
                                          AffineQuantize(bits=3, per_channel=False)),
-    "v2-lzma-int8": lambda: _saved(MLP, AffineQuantize(bits=8, symmetric=True)),
-    "v2-lzma-bytecodes": lambda: _saved({**MLP, "input_shape": [32], "width": 16},
+    "v3-lzma-int8": lambda: _saved(MLP, AffineQuantize(bits=8, symmetric=True)),
+    "v3-lzma-bytecodes": lambda: _saved({**MLP, "input_shape": [32], "width": 16},
                                         AffineQuantize(bits=6, per_channel=False), tweak=_laplace),
-    "v2-lzma-structured": lambda: _saved(CNN, StructuredPrune(ratio=0.5), AffineQuantize(bits=5)),
-    "v2-lzma-hook": lambda: _saved(HOOK, MagnitudePrune(sparsity=0.6)),
-    "v2-plain-dense": lambda: _plain(_saved(MLP)),
-    "v2-plain-sparse-codes": lambda: _plain(_saved(MLP, MagnitudePrune(sparsity=0.8), AffineQuantize(bits=4))),
-    "v1-none": lambda: _v1(_saved(MLP, MagnitudePrune(sparsity=0.9)), xz=False),
-    "v1-xz": lambda: _v1(_saved(CNN, MagnitudePrune(sparsity=0.5), AffineQuantize(bits=2)), xz=True),
+    "v3-lzma-structured": lambda: _saved(CNN, StructuredPrune(ratio=0.5), AffineQuantize(bits=5)),
+    "v3-lzma-hook": lambda: _saved(HOOK, MagnitudePrune(sparsity=0.6)),
+    "v3-lzma-fp32-widths": lambda: _saved({**MLP, "depth": 2, "width": [12, 6]}, MagnitudePrune(sparsity=0.7),
+                                          AffineQuantize(bits=4, fp16=False)),
+    "v3-plain-dense": lambda: _plain(_saved(MLP)),
+    "v3-plain-sparse-codes": lambda: _plain(_saved(MLP, MagnitudePrune(sparsity=0.8), AffineQuantize(bits=4))),
+    **{name: _old(name) for name in ("v2-lzma-bitmask-4bit", "v2-lzma-rice", "v2-lzma-delta-3bit", "v2-lzma-int8",
+                                     "v2-lzma-bytecodes", "v2-lzma-structured", "v2-lzma-hook", "v2-plain-dense",
+                                     "v2-plain-sparse-codes", "v1-none", "v1-xz")},
 }
 
 
@@ -130,8 +166,13 @@ def _load_or_refuse(blob: bytes) -> nn.Module | None:
     except compress.ArtifactError as exc:
         assert "\n" not in str(exc) and str(exc), repr(exc)
         return None
-    stored = {t["name"]: t["shape"] for t in compress.read_manifest(blob)["tensors"]}
-    assert {k: list(v.shape) for k, v in model.state_dict().items()} == stored
+    man = compress.read_manifest(blob)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    if blob[:8] == MAGIC3:  # names are the model's; shapes where stored
+        assert len(man["tensors"]) == len(shapes)
+        assert all(t["shape"] == shape for t, shape in zip(man["tensors"], shapes.values(), strict=True) if "shape" in t)
+    else:
+        assert shapes == {t["name"]: t["shape"] for t in man["tensors"]}
     recipe = compress.recipe_of(model)
     if recipe["arch"] != "hook":  # a hook's forward is the user's code; its config may have been flipped
         with torch.no_grad():
@@ -140,16 +181,22 @@ def _load_or_refuse(blob: bytes) -> nn.Module | None:
 
 
 def test_writers_cover_every_container_and_encoding(blobs):
-    seen = set()
-    for blob in blobs.values():
-        head = blob[:8] if blob[:8] == b"SLIMTUNE" else blob[:9]
-        man = compress.read_manifest(blob)
-        seen |= {(head, man.get("compression"))}
-        seen |= {(t["layout"], t["values"], t.get("packing", "bits")) for t in man["tensors"]}
-    containers = {(MAGIC + b"\x00", None), (MAGIC + b"\x01", None), (b"SLIMTUNE", "none"), (b"SLIMTUNE", "lzma")}
     encodings = {(layout, values, "bits") for layout in ("dense", "bitmask", "delta", "rice")
                  for values in ("raw", "codes")} | {("dense", "codes", "bytes")}
-    assert containers | encodings <= seen, (containers | encodings) - seen
+    for version, magic in (("v3", MAGIC3), ("v2", MAGIC)):
+        seen = set()
+        for name, blob in blobs.items():
+            if name.startswith(version) or (version == "v2" and name.startswith("v1")):
+                man = compress.read_manifest(blob)
+                seen |= {(blob[:8] if blob[:8] == b"SLIMTUNE" else blob[:9], man.get("compression"))}
+                seen |= {(t["layout"], t["values"], t.get("packing", "bits")) for t in man["tensors"]}
+                seen |= {k for t in man["tensors"] for k in ("stored", "scales", "shape") if k in t}
+        containers = {(magic + b"\x00", None), (magic + b"\x01", None)}
+        if version == "v2":
+            containers |= {(b"SLIMTUNE", "none"), (b"SLIMTUNE", "lzma")}
+        else:  # fp16 values and scales, stored shapes (structured pruning, hooks)
+            containers |= {"stored", "scales", "shape"}
+        assert containers | encodings <= seen, (version, (containers | encodings) - seen)
 
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
@@ -172,22 +219,29 @@ def test_random_byte_flips_refused_or_load_a_working_model(blobs, fmt):
     assert outcomes["refused"] > 0, outcomes
 
 
-@pytest.mark.parametrize("fmt", sorted(f for f in WRITERS if f.startswith("v2-lzma")))
+@pytest.mark.parametrize("fmt", sorted(f for f in WRITERS if "-lzma-" in f))
 def test_flips_behind_the_lzma_layer_refused_or_load_a_working_model(blobs, fmt):
     """LZMA turns most flips into a corrupt stream; these flip the decoded body instead (stored
-    with codec 0), half of them rewriting digits of the manifest (shapes, offsets, lengths)."""
+    with codec 0), half of them rewriting digits of the manifest (shapes, offsets, lengths) or,
+    in format 3, bytes of the header (recipe numbers, encodings, counts)."""
     rng = random.Random(f"body-{fmt}")
     blob = _plain(blobs[fmt])
-    (n,) = struct.unpack_from("<I", blob, 9)
+    if blob[:8] == MAGIC3:
+        at, head, _ = _split3(blob)
+        start, header = 9 + at, range(9 + at, 9 + at + len(head))
+        values = (0, 1, 2, 3, 4, 8, 16, 127, 128, 255)
+    else:
+        (n,) = struct.unpack_from("<I", blob, 9)
+        start, header = 13, [i for i in range(13, 13 + n) if chr(blob[i]).isdigit()]
+        values = tuple(ord(str(d)) for d in range(10))
     outcomes = {"refused": 0, "loaded": 0}
     for _ in range(300):
         bad = bytearray(blob)
-        digits = [i for i in range(13, 13 + n) if chr(bad[i]).isdigit()]
         for _ in range(rng.choice((1, 1, 2))):
             if rng.random() < 0.5:
-                bad[rng.choice(digits)] = ord(str(rng.randrange(10)))
+                bad[rng.choice(header)] = rng.choice(values)
             else:
-                bad[rng.randrange(13, len(bad))] ^= rng.randrange(1, 256)
+                bad[rng.randrange(start, len(bad))] ^= rng.randrange(1, 256)
         outcomes["loaded" if _load_or_refuse(bytes(bad)) is not None else "refused"] += 1
     assert outcomes["refused"] > 0 and outcomes["loaded"] > 0, outcomes
 
@@ -286,6 +340,35 @@ def _hostile(blobs: dict[str, bytes]) -> dict[str, bytes]:
         "tensor-1e12-delta": _with_manifest(plain, huge_tensor("delta", [1, 4])),
         "tensor-1e12-rice": _with_manifest(plain, huge_tensor("rice", [3, 4])),
         "manifest-length-4GiB": MAGIC + b"\x00" + b"\xff\xff\xff\xff" + body[4:],
+        **_hostile_v3(blobs["v3-plain-dense"]),
+    }
+
+
+def _hostile_v3(plain: bytes) -> dict[str, bytes]:
+    """The same attacks on format 3's header: binary recipe numbers, stored shapes, counts."""
+    body = _body(plain)
+    lzma2 = lzma.compress(body, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2**20}])
+    zeros = lzma.compress(varint(16 * 2**20) + bytes(16 * 2**20), format=lzma.FORMAT_RAW,
+                          filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2**24, "preset": 0}])
+    widths = bytes([1, 1]) + varint(16) + varint(4) + varint(10**9) + varint(0) + varint(12) + varint(0)
+
+    def first(**fields) -> Callable[[dict], None]:
+        return lambda h: h["tensors"][0].update(fields)
+
+    return {
+        "v3-lzma2-bomb-1GiB-after-valid-body": MAGIC3 + b"\x01\x14" + lzma2[:-1] + _zeros_lzma2(1024) + b"\x00",
+        "v3-lzma2-bomb-1GiB-of-zeros": MAGIC3 + b"\x01\x14" + _zeros_lzma2(1024) + b"\x00",
+        "v3-lzma2-header-16MiB-of-zeros": MAGIC3 + b"\x01\x18" + zeros,
+        "v3-header-length-over-limit": MAGIC3 + b"\x00" + varint(16 * 2**20 + 1) + body,
+        "v3-recipe-width-1e9": _with_header(plain, lambda h: h["recipe"].update(width=10**9)),
+        "v3-recipe-width-1e9-lzma": _with_header(plain, lambda h: h["recipe"].update(width=10**9), codec=1),
+        "v3-recipe-depth-1e9": _with_header(plain, lambda h: h["recipe"].update(depth=10**9)),
+        "v3-recipe-depth-1e9-widths": MAGIC3 + b"\x00" + varint(len(widths)) + widths,
+        "v3-recipe-input-1e9": _with_header(plain, lambda h: h["recipe"].update(input_shape=[10**9])),
+        "v3-tensor-1e12-dense": _with_header(plain, first(shape=[10**6, 10**6])),
+        "v3-tensor-1e12-delta": _with_header(plain, first(shape=[10**6, 10**6], layout="delta", nnz=10**12, index=4)),
+        "v3-nnz-1e12-rice": _with_header(plain, first(layout="rice", nnz=10**12, index=3)),
+        "v3-tensor-count-1e9": MAGIC3 + b"\x00" + varint(7) + bytes([1, 1, 16, 4, 1, 12]) + varint(10**9)[:1],
     }
 
 
@@ -322,21 +405,26 @@ def test_bombs_and_huge_models_refused_in_bounded_memory(blobs, tmp_path):
     assert "more than the" in results["xz-bomb-1GiB-after-valid-data"]
     assert "Memory usage limit" in results["xz-dictionary-4GiB"]
     assert "max_params" in results["recipe-width-1e9"] and "max_params" in results["tensor-1e12-delta"]
+    assert "more than the" in results["v3-lzma2-bomb-1GiB-after-valid-body"]
+    assert "max_params" in results["v3-recipe-width-1e9"] and "max_params" in results["v3-recipe-input-1e9"]
+    assert "larger than the model" in results["v3-tensor-1e12-delta"]
+    assert "non-zeros" in results["v3-nnz-1e12-rice"] and "exceeds" in results["v3-header-length-over-limit"]
 
 
 def test_max_params_is_the_callers_choice(blobs):
-    blob = blobs["v2-lzma-bitmask-4bit"]
-    params = sum(t.numel() for t in compress.load(blob).state_dict().values())
-    assert compress.load(blob, max_params=params) is not None
-    with pytest.raises(compress.ArtifactError, match="max_params"):
-        compress.load(blob, max_params=params - 1)
+    for name in ("v3-lzma-bitmask-4bit", "v2-lzma-bitmask-4bit"):
+        blob = blobs[name]
+        params = sum(t.numel() for t in compress.load(blob).state_dict().values())
+        assert compress.load(blob, max_params=params) is not None
+        with pytest.raises(compress.ArtifactError, match="max_params"):
+            compress.load(blob, max_params=params - 1)
 
 
 # ----------------------------------------------------------------- sources
 
 
 def test_load_takes_a_path_bytes_or_a_binary_file_object(blobs, tmp_path):
-    blob = blobs["v2-lzma-structured"]
+    blob = blobs["v3-lzma-structured"]
     (tmp_path / "m.slim").write_bytes(blob)
     x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(0))
     with open(tmp_path / "m.slim", "rb") as f:
@@ -388,10 +476,10 @@ def test_builtin_architectures_load_without_any_import(blobs, monkeypatch):
         raise AssertionError(f"load imported {name}")
 
     monkeypatch.setattr(importlib, "import_module", refuse)
-    for fmt in ("v2-lzma-structured", "v1-xz", "v2-plain-dense"):
+    for fmt in ("v3-lzma-structured", "v3-plain-dense", "v2-lzma-structured", "v1-xz", "v2-plain-dense"):
         assert compress.load(blobs[fmt]) is not None
     with pytest.raises(compress.ArtifactError, match="load imported tests.user_models"):
-        compress.load(blobs["v2-lzma-hook"], trust_code=True)  # the one path that imports
+        compress.load(blobs["v3-lzma-hook"], trust_code=True)  # the one path that imports
 
 
 def _hook_sweep(tmp_path: Path, blob: bytes) -> Path:
@@ -410,7 +498,7 @@ def _hook_sweep(tmp_path: Path, blob: bytes) -> Path:
 
 
 def test_export_and_predict_need_the_trust_flag_for_hook_models(blobs, tmp_path, capsys):
-    folder = _hook_sweep(tmp_path, blobs["v2-lzma-hook"])
+    folder = _hook_sweep(tmp_path, blobs["v3-lzma-hook"])
     ts, slim, csv = tmp_path / "m.pt", tmp_path / "m.slim", tmp_path / "x.csv"
     pd.DataFrame(torch.randn(5, 16, generator=torch.Generator().manual_seed(0)).numpy()).to_csv(csv, index=False)
     capsys.readouterr()
@@ -425,7 +513,7 @@ def test_export_and_predict_need_the_trust_flag_for_hook_models(blobs, tmp_path,
     assert "--trust-code" in err and "\n" not in err
     assert main(["predict", str(slim), str(csv), "--trust-code"]) == 0
     assert main(["predict", str(ts), str(csv)]) == 0  # TorchScript holds no hook to import
-    (folder / "artifacts" / "abc.slim").write_bytes(blobs["v2-lzma-hook"][:100])
+    (folder / "artifacts" / "abc.slim").write_bytes(blobs["v3-lzma-hook"][:100])
     capsys.readouterr()
     assert main(["export", str(folder), "--trial", "0", "--out", str(ts), "--trust-code"]) == 2
     assert "valid slimtune artifact" in capsys.readouterr().err

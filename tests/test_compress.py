@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import compress
 from compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune
-from compress._artifact import (
+from compress._codes import (
     _rice_decode,
     _rice_encode,
     _varint_decode,
@@ -33,6 +33,7 @@ from compress._quantize import choose_qparams, dequantize, quantize
 from tests import user_models
 
 ROOT = Path(__file__).resolve().parents[1]
+OLD = ROOT / "tests" / "fixtures" / "artifacts_old"  # formats 1 and 2, written by the format-2 writer
 
 MODELS = {
     "mlp": {"arch": "mlp", "input_shape": [64], "output_dim": 10, "depth": 2, "width": 32},
@@ -83,6 +84,9 @@ METHODS = {
         AffineQuantize(bits=3, per_channel=False, symmetric=True),
     ),
     "structured_then_qat8": (StructuredPrune(ratio=0.5), FakeQuantize(bits=8), AffineQuantize(bits=8)),
+    # fp32 scales and biases (fp16=False), as before artifact format 3.
+    "quant4_fp32": (AffineQuantize(bits=4, fp16=False),),
+    "qat4_fp32": (FakeQuantize(bits=4, fp16=False), AffineQuantize(bits=4, fp16=False)),
 }
 # What `compress.load` may call for the hook recipes above (it imports nothing itself).
 BUILDERS = {"tests.user_models:residual_mlp": user_models.residual_mlp}
@@ -100,6 +104,13 @@ def make(model_key: str, seed: int = 0) -> tuple[dict, nn.Module, torch.Tensor]:
 @torch.no_grad()
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.eval()(x)
+
+
+def stored(path: Path, model: nn.Module) -> dict[str, dict]:
+    """The format-3 header's encoding of each tensor, by the name ``model``'s state dict gives it."""
+    man = compress.read_manifest(path)
+    assert man["format"] == 3 and len(man["tensors"]) == len(model.state_dict())
+    return dict(zip(model.state_dict(), man["tensors"], strict=True))
 
 
 # ------------------------------------------------------------- contract suite
@@ -127,17 +138,13 @@ def test_artifact_not_larger_than_dense_and_reloads_same(
     recipe, model, x = make(model_key)
     small = compress.compress(model, *METHODS[method])
     path = tmp_path / "model.slim"
-    n = compress.save(small, path, recipe=recipe, metrics={"accuracy": 0.5})
+    n = compress.save(small, path, recipe=recipe)
     assert n == path.stat().st_size
     assert n <= compress.dense_bytes(model, recipe)
     loaded = compress.load(path, builders=BUILDERS)
-    diff = (outputs(loaded, x) - outputs(small, x)).abs().max().item()
-    assert diff <= 1e-5, f"reloaded outputs differ by {diff}"
+    assert torch.equal(outputs(loaded, x), outputs(small, x))  # exact: the saved model is the evaluated one
     man = compress.read_manifest(path)
-    assert man["recipe"] == recipe
-    assert [compress.config_from_json(c) for c in man["configs"]] == list(METHODS[method])
-    assert man["metrics"] == {"accuracy": 0.5}
-    assert set(man["versions"]) == {"torch", "numpy", "python"}
+    assert set(man) == {"format", "recipe", "tensors"} and man["recipe"] == recipe  # no metrics, configs, versions
 
 
 @contract
@@ -157,9 +164,19 @@ def test_deterministic_under_seed(method: str, model_key: str, tmp_path: Path) -
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=repr)
 def test_config_json_round_trip(config: object) -> None:
     d = compress.config_to_json(config)
-    assert d["_type"] == type(config).__name__ and d["_version"] == 1
+    assert d["_type"] == type(config).__name__ and d["_version"] == type(config).VERSION
     again = compress.config_from_json(json.loads(json.dumps(d)))
     assert type(again) is type(config) and again == config
+
+
+@pytest.mark.parametrize("cls", [AffineQuantize, FakeQuantize])
+def test_version_1_quantize_json_means_fp32_scales(cls: type) -> None:
+    # Written before `fp16` existed (scales and biases were fp32): read back as fp16=False.
+    old = {"_type": cls.__name__, "_version": 1, "_data": {"bits": 4, "per_channel": True, "symmetric": False}}
+    assert compress.config_from_json(old) == cls(bits=4, fp16=False)
+    assert cls(bits=4).fp16 and compress.config_to_json(cls(bits=4))["_version"] == 2
+    with pytest.raises(ValueError, match="reads version 2 or 1"):
+        compress.config_from_json({**old, "_version": 3})
 
 
 # ------------------------------------------------------------------- artifact
@@ -169,11 +186,11 @@ def test_config_json_round_trip(config: object) -> None:
 def test_resave_of_loaded_model_is_byte_identical(model_key: str, tmp_path: Path) -> None:
     recipe, model, _ = make(model_key)
     small = compress.compress(model, *METHODS["prune_then_quant4"])
-    compress.save(small, tmp_path / "a.slim", metrics={"loss": 0.25})
+    compress.save(small, tmp_path / "a.slim")
     loaded = compress.load(tmp_path / "a.slim", trust_code=True)
-    compress.save(loaded, tmp_path / "b.slim", metrics={"loss": 0.25})
+    compress.save(loaded, tmp_path / "b.slim")
     assert (tmp_path / "a.slim").read_bytes() == (tmp_path / "b.slim").read_bytes()
-    assert compress.applied_configs(loaded) == METHODS["prune_then_quant4"]
+    assert compress.applied_configs(loaded) == ()  # configs are the row's, not the artifact's
 
 
 def test_pruned_and_4bit_mlp_is_at_least_4x_smaller(tmp_path: Path) -> None:
@@ -188,8 +205,7 @@ def test_pruned_and_4bit_mlp_is_at_least_4x_smaller(tmp_path: Path) -> None:
 def test_pruned_zeros_are_not_stored_as_dense_floats(tmp_path: Path) -> None:
     _, model, _ = make("mlp")
     compress.save(compress.compress(model, MagnitudePrune(sparsity=0.5)), tmp_path / "m.slim")
-    weights = [t for t in compress.read_manifest(tmp_path / "m.slim")["tensors"]
-               if t["name"].endswith("weight")]
+    weights = [t for name, t in stored(tmp_path / "m.slim", model).items() if name.endswith("weight")]
     assert weights and all(t["layout"] in ("bitmask", "delta") for t in weights)
 
 
@@ -199,9 +215,7 @@ def test_sparse_layout_picks_smaller_index_encoding(tmp_path: Path) -> None:
     for sparsity, layout in [(0.99, "rice"), (0.9, "rice"), (0.5, "bitmask")]:
         small = compress.compress(model, MagnitudePrune(sparsity=sparsity, scope="layer"))
         compress.save(small, tmp_path / "m.slim")
-        man = compress.read_manifest(tmp_path / "m.slim")
-        first = next(t for t in man["tensors"] if t["name"] == "1.weight")
-        assert first["layout"] == layout
+        assert stored(tmp_path / "m.slim", model)["1.weight"]["layout"] == layout
         assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(small, x))
 
 
@@ -231,8 +245,8 @@ def test_artifact_is_lzma_coded_when_shorter_and_dense_reference_is_not(tmp_path
     small = compress.compress(model, MagnitudePrune(sparsity=0.9), AffineQuantize(bits=4))
     compress.save(small, tmp_path / "m.slim")
     blob = (tmp_path / "m.slim").read_bytes()
-    assert blob[:8] == b"SLIMTUN\x02" and blob[8] == 1  # format 2, codec 1 = LZMA2
-    dense_blob = compress._artifact._encode(model, recipe, [], None, dense=True)
+    assert blob[:8] == b"SLIMTUN\x03" and blob[8] == 1  # format 3, codec 1 = LZMA2
+    dense_blob = compress._artifact._encode(model, recipe, dense=True)
     assert dense_blob[8] == 0 and len(dense_blob) == compress.dense_bytes(model, recipe)
 
 
@@ -252,17 +266,82 @@ def test_peaked_codes_are_stored_one_per_byte_for_lzma(tmp_path: Path) -> None:
     assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(small, x))
 
 
-def test_format_1_artifacts_still_load(tmp_path: Path) -> None:
-    # Format 1: b"SLIMTUNE" | uint32 | manifest (with "compression") | data.
+def test_format_1_and_2_artifacts_still_load() -> None:
+    # Written by the format-2 writer: the same pruned 4-bit CNN as a fresh one with fp32 scales
+    # (its configs come back as fp16=False), and the fuzz test's models in formats 1 and 2.
     recipe, model, x = make("cnn1d")
-    body = compress._artifact._encode(model, recipe, [], {"accuracy": 0.5}, dense=True)[9:]
-    (n,) = compress._artifact._HEADER.unpack_from(body, 0)
-    manifest = json.loads(body[4 : 4 + n])
-    manifest.update(format=1, compression="none")
-    head = json.dumps(manifest).encode()
-    (tmp_path / "old.slim").write_bytes(b"SLIMTUNE" + len(head).to_bytes(4, "little") + head + body[4 + n :])
-    assert compress.read_manifest(tmp_path / "old.slim")["metrics"] == {"accuracy": 0.5}
-    assert torch.equal(outputs(compress.load(tmp_path / "old.slim"), x), outputs(model, x))
+    configs = (MagnitudePrune(sparsity=0.7), AffineQuantize(bits=4, fp16=False))
+    old = compress.load(OLD / "v2-cnn1d-metrics.slim")
+    assert torch.equal(outputs(old, x), outputs(compress.compress(model, *configs), x))
+    assert compress.applied_configs(old) == configs
+    man = compress.read_manifest(OLD / "v2-cnn1d-metrics.slim")
+    assert man["format"] == 2 and man["metrics"] == {"accuracy": 0.5} and man["recipe"] == recipe
+    for path in sorted(OLD.glob("v[12]-*.slim")):
+        head = path.read_bytes()[:8]
+        assert head in (b"SLIMTUNE", b"SLIMTUN\x02"), path
+        loaded = compress.load(path, builders=BUILDERS)
+        recipe = compress.recipe_of(loaded)
+        assert outputs(loaded, torch.zeros(1, *recipe["input_shape"])).shape == (1, recipe["output_dim"])
+
+
+def test_format_3_is_lean_and_fp16_only_where_exact(tmp_path: Path) -> None:
+    # The header: a few bytes per tensor, no names, no metrics; biases and scales fp16 only
+    # after AffineQuantize rounded them (fp16=True), fp32 otherwise, and load is exact either way.
+    recipe, model, x = make("mlp")
+    for fp16 in (True, False):
+        small = compress.compress(model, AffineQuantize(bits=4, fp16=fp16))
+        compress.save(small, tmp_path / "m.slim")
+        table = stored(tmp_path / "m.slim", small)
+        assert all(("scales" in t) == fp16 for n, t in table.items() if n.endswith("weight"))
+        assert all(("stored" in t) == fp16 for n, t in table.items() if n.endswith("bias"))
+        assert torch.equal(outputs(compress.load(tmp_path / "m.slim"), x), outputs(small, x))
+        for _, m in compress.prunable_modules(small):
+            exact = torch.equal(m.bias.half().float(), m.bias)
+            assert exact == fp16 and torch.equal(m.weight_qparams.scale.half().float(), m.weight_qparams.scale) == fp16
+    body = compress._artifact._body(recipe, [], byte_codes=False)
+    assert len(body) < 16  # varint length | recipe as numbers | tensor count 0
+    # fp16 scales are rounded up, so the range still covers every weight: no code is clipped
+    w = torch.randn(16, 40, generator=torch.Generator().manual_seed(0))
+    for bits in (2, 4, 8):
+        qp = choose_qparams(w, bits, True, False, fp16=True)
+        codes = torch.round(w / qp.scale + qp.zero_point)
+        assert codes.min() >= 0 and codes.max() <= 2**bits - 1
+        assert ((dequantize(quantize(w, qp), qp) - w).abs() <= qp.scale / 2 * (1 + 1e-5)).all()
+
+
+_ENTRY = st.fixed_dictionaries(
+    {"layout": st.sampled_from(["dense", "bitmask", "delta", "rice"]), "values": st.sampled_from(["raw", "codes"]),
+     "dtype": st.sampled_from(["float32", "float16", "int64", "bool"])},
+    optional={"shape": st.lists(st.integers(0, 2**40), max_size=8)},
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_ENTRY, st.integers(2, 8), st.booleans(), st.booleans(), st.integers(0, 2**50))),
+       st.sampled_from([MODELS["cnn1d"], {**MODELS["mlp"], "width": [32, 16]}, MODELS["hook_residual"]]))
+def test_format_3_header_round_trips(raw: list, recipe: dict) -> None:
+    from compress._format3 import pack_header, read_header
+
+    entries = []
+    for e, bits, flag_a, flag_b, n in raw:
+        e = dict(e)
+        if e["values"] == "codes":
+            e.update(bits=bits, per_channel=flag_a, **({"packing": "bytes"} if flag_b else {}),
+                     **({"scales": "float16"} if flag_a != flag_b else {}))
+        elif e["dtype"] == "float32" and flag_a:
+            e["stored"] = "float16"
+        if e["layout"] != "dense":
+            e["nnz"] = n
+        if e["layout"] in ("delta", "rice"):
+            e["index"] = n // 3
+        entries.append(e)
+    assert read_header(pack_header(recipe, entries)) == {"format": 3, "recipe": recipe, "tensors": entries}
+
+
+def test_save_refuses_a_model_that_does_not_match_its_builtin_recipe(tmp_path: Path) -> None:
+    recipe, model, _ = make("mlp")
+    with pytest.raises(ValueError, match="do not match its recipe"):
+        compress.save(model, tmp_path / "m.slim", recipe={**recipe, "depth": 1})
 
 
 def test_dense_bytes_is_plain_fp32_size() -> None:
@@ -599,8 +678,13 @@ def test_structured_prune_shrinks_tensors_and_keeps_the_output_layer(
     params, _ = compress.count_params(small)
     assert params < 0.6 * compress.count_params(model)[0]
     compress.save(small, tmp_path / "m.slim")
-    shapes = {t["name"]: t["shape"] for t in compress.read_manifest(tmp_path / "m.slim")["tensors"]}
-    assert shapes == {k: list(v.shape) for k, v in small.state_dict().items()}
+    table = stored(tmp_path / "m.slim", small)
+    if recipe["arch"] != "hook":  # built-in models store only the shapes pruning changed
+        unpruned = {k: list(v.shape) for k, v in model.state_dict().items()}
+        assert {k: t["shape"] for k, t in table.items() if "shape" in t} == {
+            k: list(v.shape) for k, v in small.state_dict().items() if list(v.shape) != unpruned[k]}
+    else:  # a hook's model is not built to save it, so every shape is stored
+        assert {k: t["shape"] for k, t in table.items()} == {k: list(v.shape) for k, v in small.state_dict().items()}
     loaded = compress.load(tmp_path / "m.slim", builders=BUILDERS)
     for name, module in compress.prunable_modules(loaded):
         if isinstance(module, nn.Linear):

@@ -49,7 +49,7 @@ def test_structured_pruning_and_qat_sweep(ray_session, tmp_path: Path) -> None:
         artifact = out / row["artifact"]
         assert artifact.stat().st_size == row["size_bytes"] < row["dense_bytes"] / 4
         manifest = compress.read_manifest(artifact)
-        assert [c["_type"] for c in manifest["configs"]] == ["StructuredPrune", "FakeQuantize", "AffineQuantize"]
+        assert manifest["format"] == 3  # the configs are the row's, not repeated in the file
         model = compress.load(artifact)
         assert model[1].out_features == width // 2
         assert compress.count_params(model)[0] == row["params"]
