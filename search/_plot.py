@@ -125,7 +125,7 @@ def task_metric(meta: Mapping[str, Any]) -> str:
 def reference_point(df: pd.DataFrame, metric: str) -> dict[str, float]:
     """The plot's hypervolume reference: metric 0, size = the largest ``dense_bytes`` of a finished trial."""
     ok = df[df["status"] == "ok"] if len(df) else df
-    dense = pd.to_numeric(ok["dense_bytes"], errors="coerce").max() if len(ok) else np.nan
+    dense = pd.to_numeric(ok["dense_bytes"], errors="coerce").astype("float64").max() if len(ok) else np.nan
     return {metric: 0.0, SIZE: float(dense) if np.isfinite(dense) else 0.0}
 
 

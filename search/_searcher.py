@@ -12,7 +12,7 @@ asked. On top of plain ask-and-tell it:
 * adds each ladder rung (another compression of a trained model) as a COMPLETE trial with
   its ``parent``;
 * in reproducible mode (``search.reproducible``), asks configurations in batches of
-  ``concurrency`` and tells a batch only once all of it has ended, in trial-number order, so
+  :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all of it has ended, in trial-number order, so
   the study, ladder numbering and early-stopping peers do not depend on which trial ended first.
 """
 
@@ -62,6 +62,10 @@ def tell_untrained(study: optuna.Study, spec: Spec, trial: optuna.Trial, predict
         study.tell(trial, told_values(spec, predicted))
 
 
+#: Configurations asked per batch in reproducible mode (more when ``concurrency`` is larger):
+#: rows are identical at any concurrency up to this number.
+REPRODUCIBLE_BATCH = 4
+
 class SlimSearcher(Searcher):
     """A Ray Tune searcher over ``study`` for ``trials`` more trainings of ``spec``.
 
@@ -92,7 +96,10 @@ class SlimSearcher(Searcher):
             return Searcher.FINISHED
         if self.reproducible:
             if not self.batch:
-                self.batch_size = min(self.spec.search.concurrency, self.budget - self.started)
+                # A batch size that does not follow concurrency: the same batches (and so the same
+                # rows) at concurrency 1 as at 2..REPRODUCIBLE_BATCH.
+                batch = max(REPRODUCIBLE_BATCH, self.spec.search.concurrency)
+                self.batch_size = min(batch, self.budget - self.started)
             elif len(self.batch) >= self.batch_size:
                 return None  # the batch is full: wait until all of it has ended
         trial, cfg = self._ask()

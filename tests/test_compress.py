@@ -3,6 +3,8 @@ numerics, properties (hypothesis), sizes, errors and import hygiene."""
 
 from __future__ import annotations
 
+import re
+
 import ast
 import hashlib
 import json
@@ -884,7 +886,8 @@ def test_qat_starts_at_the_ptq_model_follows_its_gradient_and_ends_at_the_final_
     for model in (ptq.train(), qat.train()):
         model.zero_grad()
         (model(x) - y).square().mean().backward()
-    latent = {n.replace(".parametrizations.weight.original", ".weight"): p for n, p in qat.named_parameters()}
+    latent = {re.sub(r"\.parametrizations\.(weight|bias)\.original$", r".\1", n): p
+              for n, p in qat.named_parameters()}
     assert latent.keys() == dict(ptq.named_parameters()).keys()
     for name, p in ptq.named_parameters():
         assert torch.equal(p.grad, latent[name].grad), name

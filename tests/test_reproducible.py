@@ -1,4 +1,4 @@
-"""Reproducible mode: the same spec and seed give the same rows and artifacts at concurrency 2,
+"""Reproducible mode: the same spec and seed give the same rows and artifacts at concurrency 1 and 2,
 however the two trials' timings fall (batches asked together, told in trial-number order)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def digits_like(name: str, reproducible: bool = True) -> dict:
         "compress": {"prune": {"method": {"choice": ["none", "magnitude"]}, "sparsity": {"uniform": [0.3, 0.9]},
                                "finetune_epochs": 1},
                      "quantize": {"bits": {"choice": [32, 8, 4]}}},
-        "search": {"trials": 6, "concurrency": 2, "sampler": "tpe", "seed": 0, "ladder": 2,
+        "search": {"trials": 8, "concurrency": 2, "sampler": "tpe", "seed": 0, "ladder": 2,
                    "early_stop": {"grace_epochs": 1, "eta": 2, "min_peers": 1}, "reproducible": reproducible},
         "resources": {"cpu": 1, "gpu": 0},
     }
@@ -52,8 +52,10 @@ def digests(out: Path, df: pd.DataFrame) -> dict[int, str]:
             for n, a in zip(ok["trial_number"], ok["artifact"])}
 
 
-def test_same_rows_and_artifacts_at_concurrency_2(ray_session, tmp_path):
-    a, b = sweep(tmp_path, digits_like("repro"), "a"), sweep(tmp_path, digits_like("repro"), "b")
+def test_same_rows_and_artifacts_at_concurrency_1_and_2(ray_session, tmp_path):
+    one = digits_like("repro")
+    one["search"] = {**one["search"], "concurrency": 1}
+    a, b = sweep(tmp_path, one, "a"), sweep(tmp_path, digits_like("repro"), "b")
     da, db = load_results(a), load_results(b)
     # the mechanisms under test did act: ladder rungs, early stops
     assert (da["parent"].notna()).sum() >= 2 and (da["status"] == "stopped").sum() >= 1, da[["status", "parent"]]
@@ -75,22 +77,25 @@ def test_a_batch_is_asked_whole_and_told_at_its_end_in_trial_number_order():
     from search._searcher import SlimSearcher
 
     s = digits_like("batch")
-    s["search"].update(trials=3, early_stop=False, ladder=0)
+    s["search"].update(trials=5, early_stop=False, ladder=0)
     spec = parse_spec(s)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    searcher = SlimSearcher(spec, study, data=None, trials=3, rows={})
-    a, b = searcher.suggest("a"), searcher.suggest("b")
-    assert (a["trial_number"], b["trial_number"]) == (0, 1)
-    assert searcher.suggest("c") is None  # the batch (concurrency 2) is full
+    searcher = SlimSearcher(spec, study, data=None, trials=5, rows={})
+    ids = ["a", "b", "c", "d"]
+    cfgs = [searcher.suggest(i) for i in ids]
+    assert [c["trial_number"] for c in cfgs] == [0, 1, 2, 3]  # a batch of 4 whatever the concurrency
+    assert searcher.suggest("e") is None  # the batch is full
     final = {"phase": "final", "accuracy": 0.9, "size_bytes": 1000.0}
-    searcher.on_trial_complete("b", final)  # the second trial ends first
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] * 2
+    for i in ("d", "b", "c"):  # the later trials end first
+        searcher.on_trial_complete(i, final)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] * 4
     searcher.on_trial_complete("a", {**final, "accuracy": 0.8})
-    t0, t1 = study.trials
-    assert t0.state == t1.state == optuna.trial.TrialState.COMPLETE and t0.datetime_complete <= t1.datetime_complete
-    assert t0.values == [0.8, 1000.0] and t0.user_attrs["ray_trial_id"] == "a"
-    c = searcher.suggest("c")  # the last batch holds the one training left
-    assert c["trial_number"] == 2 and searcher.suggest("d") == searcher.FINISHED
+    done = study.trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert [t.datetime_complete for t in done] == sorted(t.datetime_complete for t in done)
+    assert done[0].values == [0.8, 1000.0] and done[0].user_attrs["ray_trial_id"] == "a"
+    e = searcher.suggest("e")  # the last batch holds the one training left
+    assert e["trial_number"] == 4 and searcher.suggest("f") == searcher.FINISHED
 
 
 def test_deferred_halving_compares_only_with_committed_batches():
