@@ -59,10 +59,9 @@ def find_trial(df: pd.DataFrame, trial: str | int) -> pd.Series:
     """The row of ``df`` named by a trial number (``3``) or a Ray trial id; must have finished."""
     key = str(trial).strip()
     number = key.removesuffix(".0")
-    if number.isdigit():
+    rows = df[df["trial_id"].astype(str) == key]  # first: a Ray trial id may be all digits
+    if not len(rows) and number.isdigit():
         rows = df[df["trial_number"] == int(number)]
-    else:
-        rows = df[df["trial_id"].astype(str) == key]
     if not len(rows):
         known = ", ".join(str(int(n)) for n in df["trial_number"].dropna()) or "none yet"
         raise SpecError("--trial", "must be a trial number or trial id of the sweep", key,
