@@ -286,14 +286,9 @@ def _xz_block(payload: bytes) -> tuple[bytes, int, int]:
 
 
 def _xz(blocks: list[tuple[bytes, int, int]]) -> bytes:
-    """A .xz stream (no check) of these blocks, with its index and footer."""
-    def varint(v: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-            v >>= 7
-            if not v:
-                return bytes(out)
+    """A .xz stream (no check) of these blocks, with its index and footer (xz's multibyte
+    integers are LEB128, the same varint as format 3's header)."""
+    from compress._format3 import varint
 
     header = b"\xfd7zXZ\x00\x00\x00" + struct.pack("<I", binascii.crc32(b"\x00\x00"))
     index = b"\x00" + varint(len(blocks)) + b"".join(varint(u) + varint(n) for _, u, n in blocks)
