@@ -12,7 +12,7 @@ trial seeds, same data split, same trial function for both plain arms:
   (multivariate TPE, the same ``n_startup_trials``), ``reuse_actors=True``, data built once in
   the driver and sent with ``tune.with_parameters``.
 
-Both plain arms run ``search._trial.run_trial`` (train, compress as the configuration says,
+Both plain arms run ``search.trial.run_trial`` (train, compress as the configuration says,
 measure, write the artifact): only the searching differs. They have no ladder, no early
 stopping and no infeasible-skipping: the ladder and the two-objective stopping are what
 slimtune adds (Tune's schedulers and Optuna's pruners rank one metric only, so an expert has no
@@ -112,7 +112,7 @@ def _plain_trial(config: dict, raw: dict, out_dir: str, data=None) -> None:
     from ray import tune
 
     from search import prepare
-    from search._trial import TrialSetup, run_trial
+    from search.trial import TrialSetup, run_trial
     from spaces import parse_spec
 
     spec = parse_spec(raw)
@@ -128,7 +128,7 @@ def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
     from ray.tune.search.optuna import OptunaSearch
 
     from search import prepare
-    from search._sweep import DefineByRun, make_sampler
+    from search.driver.sweep import DefineByRun, make_sampler
     from spaces import parse_spec
 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # per-epoch reports carry no objectives

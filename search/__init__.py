@@ -9,15 +9,15 @@ from importlib import import_module
 from typing import Any
 
 _HOME = {
-    "search._data": ["Data", "load_data"],
-    "search._progress": ["Progress", "format_progress", "progress", "sweep_progress"],
-    "search._results": ["load_results", "pareto_front"],
-    "search._sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
-    "search._train": ["evaluate", "train"],
+    "search.task.data": ["Data", "load_data"],
+    "search.driver.progress": ["Progress", "format_progress", "progress", "sweep_progress"],
+    "search.results.table": ["load_results", "pareto_front"],
+    "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
+    "search.task.train": ["evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
-    "search._export": ["export_trial", "load_exported", "predict_csv"],
-    "search._plot": ["hypervolume", "plot_sweep"],
-    "search._report": ["write_report"],
+    "search.present.export": ["export_trial", "load_exported", "predict_csv"],
+    "search.present.plot": ["hypervolume", "plot_sweep"],
+    "search.present.report": ["write_report"],
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names}
 

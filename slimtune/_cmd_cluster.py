@@ -106,7 +106,7 @@ def _progress_text(p) -> str:
 
 
 def _short(p) -> str:
-    from search._progress import counts
+    from search.driver.progress import counts
 
     return f"{p.finished}/{p.budget} trained ({counts(p)})" if p else "no results yet"
 

@@ -53,7 +53,7 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from search import export_trial
-    from search._export import FORMATS
+    from search.present.export import FORMATS
     from spaces import SpecError
 
     fmt = args.format

@@ -42,7 +42,7 @@ def _interrupt_note(out: str):
     try:
         yield
     except KeyboardInterrupt:
-        from search._results import SWEEP
+        from search.results.table import SWEEP
 
         if (Path(out) / SWEEP).is_file():
             raise KeyboardInterrupt(f"interrupted; the trials that finished are kept; continue with: "
@@ -65,7 +65,7 @@ def _finish(path: str, df) -> int:
     """Print what ended, counted as the progress counts it (trained trials against the budget),
     and the rows that are not trainings; 1 when no trial succeeded."""
     from search import sweep_progress
-    from search._progress import counts
+    from search.driver.progress import counts
 
     p = sweep_progress(path)
     rungs = int(df["parent"].notna().sum()) if "parent" in df else 0

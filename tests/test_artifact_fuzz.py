@@ -44,7 +44,7 @@ import torch.nn as nn
 import compress
 from compress import AffineQuantize, MagnitudePrune, StructuredPrune
 from compress._format3 import pack_header, read_header, varint
-from search._results import write_results
+from search.results.table import write_results
 from slimtune.cli import main
 from tests import user_models
 

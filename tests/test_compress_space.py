@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 import compress
-from search._sweep import COMPRESS_PARAMS
-from search._trial import compression_configs
+from search.driver.sweep import COMPRESS_PARAMS
+from search.trial import compression_configs
 from spaces import Choice, Fixed, IntRange, LogUniform, SpecError, parse_spec
 
 MINIMAL: dict[str, Any] = {"name": "t", "task": {"dataset": "digits", "model": "mlp", "epochs": 1}}

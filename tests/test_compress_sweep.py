@@ -11,7 +11,7 @@ import yaml
 
 import compress
 from search import load_results
-from search._sweep import COMPRESS_PARAMS
+from search.driver.sweep import COMPRESS_PARAMS
 from slimtune.cli import main
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from search import load_results, pareto_front
-from search._report import param_importances
-from search._results import was_trained
+from search.present.report import param_importances
+from search.results.table import was_trained
 from slimtune.cli import main
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)

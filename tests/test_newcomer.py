@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from search import load_data, load_results, prepare
-from search._progress import Reporter
-from search._results import SWEEP, write_results
+from search.driver.progress import Reporter
+from search.results.table import SWEEP, write_results
 from slimtune.cli import main
 from spaces import IntRange, SpecError, parse_spec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from search import format_progress, progress
-from search._progress import Reporter, size_budgets
+from search.driver.progress import Reporter, size_budgets
 
 OBJ = {"accuracy": "max", "size_bytes": "min"}
 

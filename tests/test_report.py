@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 import compress
 from search import export_trial, hypervolume, load_exported, load_results, pareto_front, plot_sweep, write_report
-from search._plot import hypervolume_curve
-from search._report import param_importances
-from search._results import write_results
+from search.present.plot import hypervolume_curve
+from search.present.report import param_importances
+from search.results.table import write_results
 from slimtune.cli import commands, main
 from tests.test_sweep import digits_spec
 

@@ -28,9 +28,9 @@ from torch import nn
 
 import compress
 from search import evaluate, load_data, load_results, prepare, resume_sweep, run_sweep
-from search._data import sweep_split_seed
-from search._observe import warm_start
-from search._trial import TrialSetup, run_trial
+from search.task.data import sweep_split_seed
+from search.searcher.observe import warm_start
+from search.trial import TrialSetup, run_trial
 from spaces import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]

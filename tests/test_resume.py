@@ -175,7 +175,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_session, tmp_pat
 def test_lock_is_exclusive_and_recovers_from_a_dead_holder(tmp_path):
     import json
 
-    from search._sweep import SweepLock
+    from search.driver.sweep import SweepLock
     from spaces import SpecError
 
     with SweepLock(tmp_path):
@@ -192,7 +192,7 @@ def test_lock_is_exclusive_and_recovers_from_a_dead_holder(tmp_path):
 
 
 def test_atomic_write_leaves_old_or_new(tmp_path, monkeypatch):
-    from search._results import write_atomic
+    from search.results.table import write_atomic
 
     target = tmp_path / "results.parquet"
     write_atomic(target, b"old")

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from search import load_data, load_results
-from search._early_stop import ParetoHalving
-from search._predict import predict, surely_infeasible
+from search.searcher.early_stop import ParetoHalving
+from search.searcher.size_prediction import predict, surely_infeasible
 from slimtune.cli import main
 from spaces import parse_spec
 

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from search import load_results
-from search._results import sweep_meta, write_results
+from search.results.table import sweep_meta, write_results
 from search.lease import Lease, pid_alive, process_start_time
 from search.storage import Storage
 from spaces import SpecError
@@ -362,7 +362,7 @@ def test_sweep_to_a_uri_is_refused_before_anything_is_written(argv, expect, tmp_
 def test_warm_start_reads_an_earlier_sweep_from_s3(s3_endpoint, tmp_path):
     import optuna
 
-    from search._observe import warm_start
+    from search.searcher.observe import warm_start
     from spaces import parse_spec
 
     local = tmp_path / "earlier"

@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from search._data import Data
-from search._rows import DefineByRun, jsonable, make_row, outcome
+from search.task.data import Data
+from search.results.rows import DefineByRun, jsonable, make_row, outcome
 from spaces import Spec, SpecError
 
 #: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
@@ -76,7 +76,7 @@ class SlimSearcher(Searcher):
     def __init__(self, spec: Spec, study: optuna.Study, data: Data | None, trials: int,
                  rows: dict[str, dict[str, Any]], rule: Any = None) -> None:
         super().__init__(metric=spec.metric_names, mode=spec.modes)
-        from search._predict import needs_prediction
+        from search.searcher.size_prediction import needs_prediction
 
         self.spec, self.study, self.data, self.budget, self.rows, self.rule = spec, study, data, trials, rows, rule
         self.space = DefineByRun(spec)
@@ -113,7 +113,7 @@ class SlimSearcher(Searcher):
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
         """The next configuration predicted feasible; those predicted infeasible are told as untrained."""
-        from search._predict import predict, surely_infeasible
+        from search.searcher.size_prediction import predict, surely_infeasible
 
         for _ in range(MAX_SKIPS):
             trial = self.study.ask()
@@ -176,7 +176,7 @@ class SlimSearcher(Searcher):
     def _add_rungs(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
         """Each rung (a compression setting of the parent's trained model) becomes a COMPLETE
         trial of the study and a row linked to its parent."""
-        from search._observe import observation
+        from search.searcher.observe import observation
 
         spec = self.spec
         for k, rung in enumerate(rungs):

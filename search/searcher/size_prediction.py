@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 import compress
-from search._data import Data
-from search._trial import TrialSetup, compression_configs, model_recipe
+from search.task.data import Data
+from search.trial import TrialSetup, compression_configs, model_recipe
 from spaces import Spec
 
 PREDICTABLE = ("size_bytes", "params", "nonzero_params", "compression_ratio")

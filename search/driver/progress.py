@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from search._results import pareto_front
+from search.results.table import pareto_front
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def sweep_progress(path, running: int = 0) -> Progress:
     to its last recorded trial."""
     import datetime
 
-    from search._results import load_results, sweep_meta
+    from search.results.table import load_results, sweep_meta
 
     meta = sweep_meta(path)
     df = load_results(path)

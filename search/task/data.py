@@ -235,3 +235,17 @@ def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None)
             pre.update(y_mean=float(ym), y_std=float(ys))
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out, pre)
+
+
+def importable(code_dir: str | Path | None) -> None:
+    """Put the spec's folder on ``sys.path`` (first), so that ``module:function`` hooks beside
+    the spec import without PYTHONPATH: in the driver and in each trial's worker process.
+
+    A node that does not have the folder (a remote cluster) gets nothing here: `slimtune
+    submit` ships the spec's folder as the Ray job's ``working_dir``, which Ray puts on the
+    path of the job's driver and of every worker it starts.
+    """
+    import sys
+
+    if code_dir and Path(code_dir).is_dir() and str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))

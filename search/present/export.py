@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from search._results import load_results, pareto_front, sweep_meta, write_atomic
+from search.results.table import load_results, pareto_front, sweep_meta, write_atomic
 from spaces import BUILTIN_DATASETS, SpecError
 
 FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
@@ -153,7 +153,7 @@ def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
     if "configs" in art:
         return art["configs"]
     import compress
-    from search._trial import compression_configs
+    from search.trial import compression_configs
 
     return [compress.config_to_json(c) for part in compression_configs(row.to_dict()) for c in part]
 
@@ -211,7 +211,7 @@ def load_model(artifact: str | Path, code_dir: str | None = None, *, trust_code:
                field: str = "model"):
     """`load_artifact`, with the sweep's spec folder importable; a trusted ``module:function``
     model that cannot be imported here is one line (SpecError), not a traceback."""
-    from search._sweep import importable
+    from search.task.data import importable
 
     importable(code_dir)
     try:

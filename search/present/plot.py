@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from search._results import load_results, pareto_front, sweep_meta, write_atomic
+from search.results.table import load_results, pareto_front, sweep_meta, write_atomic
 from search.storage import Storage
 from spaces import TASK_METRIC, SpecError
 

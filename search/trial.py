@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import compress
-from search._data import Data
-from search._train import evaluate, train
+from search.task.data import Data
+from search.task.train import evaluate, train
 from spaces import Spec
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search._data import Data
+from search.task.data import Data
 
 
 class TrainingDiverged(FloatingPointError):

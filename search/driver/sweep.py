@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from search._data import Data, load_data, sweep_split_seed
-from search._results import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
-from search._rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
+from search.task.data import Data, importable, load_data, sweep_split_seed
+from search.results.table import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
+from search.results.rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
                           param_names, trial_seed)
-from search._trial import TrialSetup, run_trial
+from search.trial import TrialSetup, run_trial
 from search.lease import Lease
 from search.storage import Storage, local_folder
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec, require_search
@@ -50,7 +50,7 @@ def make_sampler(spec: Spec, seed_offset: int = 0):
 def _ray_callback(spec: Spec, out: Path, rows: dict[str, dict[str, Any]], budget: int, quiet: bool):
     from ray import tune
 
-    from search._progress import Reporter
+    from search.driver.progress import Reporter
 
     names = param_names(spec)
     reporter = Reporter(dict(zip(spec.metric_names, spec.modes)), budget, plain=quiet)
@@ -135,20 +135,6 @@ class SweepLock(Lease):
         super().__init__(Storage.open(out), LOCK)
 
 
-def importable(code_dir: str | Path | None) -> None:
-    """Put the spec's folder on ``sys.path`` (first), so that ``module:function`` hooks beside
-    the spec import without PYTHONPATH: in the driver and in each trial's worker process.
-
-    A node that does not have the folder (a remote cluster) gets nothing here: `slimtune
-    submit` ships the spec's folder as the Ray job's ``working_dir``, which Ray puts on the
-    path of the job's driver and of every worker it starts.
-    """
-    import sys
-
-    if code_dir and Path(code_dir).is_dir() and str(code_dir) not in sys.path:
-        sys.path.insert(0, str(code_dir))
-
-
 def _check_task(spec: Spec, data: Data) -> None:
     want = TASK_METRIC[data.kind]
     for name in spec.metric_names + [b.metric for b in spec.constraints]:
@@ -158,7 +144,7 @@ def _check_task(spec: Spec, data: Data) -> None:
     # Build the model of the spec's first configuration once, so a model hook that does not
     # import, or returns something that is not an nn.Module, is a bad spec (exit 2), not N failed trials.
     import compress
-    from search._trial import model_recipe
+    from search.trial import model_recipe
 
     cfg = {**spec.sample(_FirstValues()), "seed": 0, "trial_number": 0}
     setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
@@ -274,7 +260,7 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
     import optuna
     from ray import tune
 
-    from search._searcher import SlimSearcher
+    from search.searcher.study_searcher import SlimSearcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Per-epoch reports carry validation curves, not the objectives (only the final one
@@ -299,7 +285,7 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
         )
         rule = scheduler = None
         if spec.search.early_stop is not None:
-            from search._early_stop import ParetoHalving, ray_scheduler
+            from search.searcher.early_stop import ParetoHalving, ray_scheduler
 
             es = spec.search.early_stop
             rule = ParetoHalving(TASK_METRIC[data.kind], "max", es.grace_epochs, es.eta, es.min_peers,
@@ -370,7 +356,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         if warm_start is not None:
             import optuna
 
-            from search._observe import warm_start as seed_study
+            from search.searcher.observe import warm_start as seed_study
 
             study = optuna.create_study(storage=_storage(out), study_name=spec.name,
                                         directions=["maximize" if m == "max" else "minimize" for m in spec.modes])

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from search._plot import render_png, task_metric
-from search._results import STUDY, load_results, pareto_front, sweep_meta, was_trained, write_atomic
+from search.present.plot import render_png, task_metric
+from search.results.table import STUDY, load_results, pareto_front, sweep_meta, was_trained, write_atomic
 from search.storage import Storage
 from spaces import SpecError
 

@@ -1,0 +1,1 @@
+"""Results: the row schema, the one DataFrame (``load_results``) and its Pareto front."""
