@@ -22,7 +22,7 @@ from torch import nn
 
 import compress
 from search.task.data import Data
-from search.task.train import evaluate, train
+from search.task.train import Schedule, evaluate, train
 from spaces import Spec
 
 @dataclass(frozen=True)
@@ -87,12 +87,20 @@ def _given(config: dict[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None or (isinstance(value, float) and value != value) else value
 
 
+def schedule_of(config: dict[str, Any]) -> Schedule:
+    """The learning-rate schedule of ``config`` (``lr_schedule``, ``warmup``, ``decay``; constant when unset)."""
+    return Schedule(str(_given(config, "lr_schedule", "constant")), float(_given(config, "warmup", 0.0)),
+                    float(_given(config, "decay", 0.0)))
+
+
 def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any]) -> tuple[nn.Module, list]:
     """The compression chosen by ``config``, applied to a trained ``model`` (left unchanged):
     prune → fine-tune (magnitude: zeros held by masks, or reached along the cubic schedule when
     ``gradual``) → QAT fine-tune (fake-quantized weights, straight-through gradients) → quantize.
-    Returns (compressed model, configs)."""
+    Fine-tuning and QAT decay the learning rate over their own epochs when the trial's
+    schedule is not constant (:meth:`Schedule.finetune`). Returns (compressed model, configs)."""
     prune, qat, quant = compression_configs(config)
+    train_args = {**train_args, "schedule": schedule_of(config).finetune()}
     seed = int(config["seed"])
     ft = int(_given(config, "finetune_epochs", 0)) if prune else 0
     magnitude = bool(prune) and isinstance(prune[0], compress.MagnitudePrune)
@@ -202,7 +210,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
 
     train_args = dict(lr=float(config["lr"]), batch_size=int(config["batch_size"]),
                       weight_decay=float(config.get("weight_decay", 0.0)), seed=seed)
-    train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, **train_args)
+    train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, schedule=schedule_of(config), **train_args)
     model, configs = compress_trained(dense, config, data, train_args)
     train_seconds = time.perf_counter() - t0
     final = {**measure(model, configs, dense, recipe, data, setup.out_dir, trial_name),

@@ -46,6 +46,11 @@ SPACE_DEFAULTS: dict[str, Any] = {
     "width": 64,
     "weight_decay": 0.0,
 }
+#: Learning-rate schedules (``space.lr_schedule``; see ``search.task.train.Schedule``).
+LR_SCHEDULES = ("constant", "wsd", "cosine")
+#: Space keys of the schedule, present only when the spec sets ``lr_schedule``; ``warmup`` and
+#: ``decay`` (fractions of the training's steps) default to these when it does.
+SCHEDULE_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "warmup": 0.05, "decay": 0.2}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -327,8 +332,9 @@ def _parse_constraints(raw: Any) -> tuple[Bound, ...]:
 
 
 def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]:
-    s = _mapping("space", raw or {}, None if model_is_hook else SPACE_DEFAULTS)
+    s = _mapping("space", raw or {}, None if model_is_hook else {**SPACE_DEFAULTS, **SCHEDULE_DEFAULTS})
     merged = {**{k: v for k, v in SPACE_DEFAULTS.items()}, **s}
+    merged = _schedule_keys(s, merged)
     positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
     rules = {
         "lr": (positive, "must be > 0", False),
@@ -336,6 +342,11 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
         "batch_size": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
         "depth": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
         "width": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
+        "lr_schedule": (lambda v: v in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}", False),
+        "warmup": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                   "`0 <= warmup < 1` must hold (a fraction of the training's steps)", False),
+        "decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                  "`0 <= decay <= 1` must hold (a fraction of the training's steps)", False),
     }
     out = []
     for name, value in merged.items():
@@ -348,6 +359,22 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
         else:
             out.append((name, parse_param(path, value)))
     return tuple(out)
+
+
+def _schedule_keys(s: dict, merged: dict) -> dict:
+    """The space with the schedule's keys: ``warmup``/``decay`` need ``lr_schedule``, which
+    brings their defaults; fixed values must leave the stable phase ``warmup + decay <= 1``."""
+    if "lr_schedule" not in s:
+        for key in ("warmup", "decay"):
+            if key in s:
+                raise SpecError(f"space.{key}", "is only used with an lr_schedule", s[key],
+                                "add space.lr_schedule: wsd (or cosine), or remove it")
+        return merged
+    merged = {**merged, **{k: v for k, v in SCHEDULE_DEFAULTS.items() if k not in s}}
+    w, d = merged["warmup"], merged["decay"]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, d)) and 0 <= w < 1 and 0 <= d <= 1 < w + d:
+        raise SpecError("space.decay", "`warmup + decay <= 1` must hold", {"warmup": w, "decay": d})
+    return merged
 
 
 def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,47 @@ def _tensors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[torch.Tensor, tor
     return xt, yt
 
 
+#: Learning-rate schedules (``space.lr_schedule``): the factor multiplying ``lr`` at each step.
+SCHEDULES = ("constant", "wsd", "cosine")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule over one training run of ``total`` optimizer steps.
+
+    ``constant``: ``lr`` throughout. ``wsd`` (warm-up, stable, decay): linear warm-up over the
+    first ``warmup`` fraction of the steps, ``lr`` after it, then linear decay to ~0 over the
+    last ``decay`` fraction (the last step runs at ``lr / decay_steps``). ``cosine``: the same
+    warm-up, then a cosine from ``lr`` to ~0 over the rest. Each schedule ends at its own
+    budget, so a longer budget is a new run that decays at its own end, never a continuation.
+    """
+
+    kind: str = "constant"
+    warmup: float = 0.0
+    decay: float = 0.0
+
+    def factor(self, step: int, total: int) -> float:
+        """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total``."""
+        if self.kind == "constant" or total <= 0:
+            return 1.0
+        w = int(round(self.warmup * total))
+        if step < w:
+            return (step + 1) / w
+        if self.kind == "wsd":
+            d = int(round(self.decay * total))
+            return 1.0 if step < total - d else (total - step) / d
+        rest = max(1, total - w)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - w) / rest))
+
+    def finetune(self) -> "Schedule":
+        """The schedule of a fine-tuning phase (after pruning, QAT) under this one: no warm-up,
+        decay over the whole phase (linear for wsd, cosine for cosine); constant stays constant."""
+        return self if self.kind == "constant" else Schedule(self.kind, 0.0, 1.0)
+
+
+CONSTANT = Schedule()
+
+
 def _loss_fn(kind: str):
     if kind == "classification":
         return nn.functional.cross_entropy
@@ -40,11 +82,13 @@ def train(
     weight_decay: float = 0.0,
     after_step: Callable[[nn.Module], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    schedule: Schedule = CONSTANT,
 ) -> nn.Module:
     """Train ``model`` in place with Adam on ``data``'s training split.
 
     ``after_step(model)`` runs after each optimizer step (pruning masks keep zeros at zero
-    during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch.
+    during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch. ``schedule`` sets
+    the learning rate of each step (over ``epochs`` whole passes).
     Raises :class:`TrainingDiverged` when the loss stops being finite.
     """
     x, y = _tensors(data.x_train, data.y_train, data.kind)
@@ -52,11 +96,16 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = _loss_fn(data.kind)
     n = len(x)
+    total, step = epochs * -(-n // batch_size), 0
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
+            if schedule.kind != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = lr * schedule.factor(step, total)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             if not torch.isfinite(loss):
