@@ -11,6 +11,7 @@ from spaces._spec import (
     TASK_METRIC,
     Bound,
     Objective,
+    Promote,
     Prune,
     Quantize,
     Resources,
@@ -24,6 +25,6 @@ from spaces._spec import (
 
 __all__ = [
     "BUILTIN_DATASETS", "METRICS", "TASK_METRIC", "Bound", "Choice", "Fixed", "IntRange", "LogUniform",
-    "Objective", "Param", "Prune", "Quantize", "Resources", "RunError", "Search", "Spec", "SpecError", "Task",
+    "Objective", "Param", "Promote", "Prune", "Quantize", "Resources", "RunError", "Search", "Spec", "SpecError", "Task",
     "Uniform", "load_spec", "parse_param", "parse_spec", "require_search", "suggest", "to_json",
 ]

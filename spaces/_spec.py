@@ -127,6 +127,17 @@ class Search:
     early_stop: "EarlyStop | None" = None  # stop trials that cannot reach the front at their size
     reject_infeasible: bool = True  # skip, untrained, configurations whose predicted size breaks a constraint
     reproducible: bool = False  # ask in batches of `concurrency`, tell at batch ends: same rows at any timing
+    promote: "Promote | None" = None  # start configurations short, retrain the best for their size longer
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Successive halving over epoch budgets: new configurations train ``rungs[0]`` epochs; of
+    the configurations that finished a rung, the best ``keep`` fraction by nondominated rank
+    are retrained from scratch at the next rung's budget."""
+
+    rungs: tuple[int, ...] = (1, 3)
+    keep: float = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -451,9 +462,22 @@ def _parse_early_stop(raw: Any) -> "EarlyStop | None":
     )
 
 
+def _parse_promote(raw: Any) -> "Promote | None":
+    if raw is None:
+        return None
+    p = _mapping("search.promote", raw, ("rungs", "keep"))
+    rungs = p.get("rungs")
+    if not (isinstance(rungs, list) and len(rungs) >= 2 and all(_is_int(r) and r >= 1 for r in rungs)
+            and all(a < b for a, b in zip(rungs, rungs[1:]))):
+        raise SpecError("search.promote.rungs", "must be a list of at least 2 increasing epoch budgets >= 1", rungs,
+                        "e.g. rungs: [5, 15, 45]")
+    keep = _number("search.promote.keep", p.get("keep", 1 / 3), "`0 < keep < 1` must hold", lambda v: 0 < v < 1)
+    return Promote(rungs=tuple(rungs), keep=keep)
+
+
 def _parse_search(raw: Any) -> Search:
     s = _mapping("search", raw or {}, ("trials", "concurrency", "sampler", "seed", "retries", "ladder",
-                                       "early_stop", "reject_infeasible", "reproducible"))
+                                       "early_stop", "reject_infeasible", "reproducible", "promote"))
     for key, default in (("reject_infeasible", True), ("reproducible", False)):
         if not isinstance(s.get(key, default), bool):
             raise SpecError(f"search.{key}", "must be true or false", s[key])
@@ -467,6 +491,7 @@ def _parse_search(raw: Any) -> Search:
         early_stop=_parse_early_stop(s.get("early_stop")),
         reject_infeasible=s.get("reject_infeasible", True),
         reproducible=s.get("reproducible", False),
+        promote=_parse_promote(s.get("promote")),
     )
 
 
@@ -494,6 +519,14 @@ def parse_spec(raw: Any) -> Spec:
     constraints = _parse_constraints(top.get("constraints"))
     space = _parse_space(top.get("space"), task.model_is_hook)
     prune, quant = _parse_compress(top.get("compress"))
+    search = _parse_search(top.get("search"))
+    if search.promote is not None:  # the rungs set the epochs: new configurations train the first
+        if "epochs" in (top.get("task") or {}):
+            raise SpecError("task.epochs", "is set by search.promote.rungs when promoting (new configurations "
+                            f"train {search.promote.rungs[0]} epochs)", top["task"]["epochs"], "remove task.epochs")
+        import dataclasses
+
+        task = dataclasses.replace(task, epochs=Fixed(search.promote.rungs[0]))
     return Spec(
         name=name,
         task=task,
@@ -502,7 +535,7 @@ def parse_spec(raw: Any) -> Spec:
         constraints=constraints,
         prune=prune,
         quantize=quant,
-        search=_parse_search(top.get("search")),
+        search=search,
         resources=_parse_resources(top.get("resources")),
         source=raw,
     )
