@@ -297,7 +297,7 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
         searcher = SlimSearcher(spec, study, data, trials, rows, rule)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=_samples(spec, trials, budget),
                                         max_concurrent_trials=spec.search.concurrency,
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=f"tune-{session}", storage_path=str(out / "ray"), verbose=0,
@@ -319,6 +319,13 @@ def _drive(spec: Spec, out: Path, data: Data, trials: int, budget: int, rows: di
             import ray
 
             ray.shutdown()
+
+
+def _samples(spec: Spec, trials: int, budget: int) -> int:
+    """Ray trials to allow: ``trials`` new configurations, and with ``search.promote`` room for
+    every promotion (at most one per configuration and rung; the searcher says when it is done)."""
+    promote = spec.search.promote
+    return trials if promote is None else trials + budget * (len(promote.rungs) - 1)
 
 
 def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
@@ -396,6 +403,8 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
     """
     import optuna
 
+    from search.searcher.promote import promotion_attrs, promotions_left
+
     out = local_folder(path, "path").resolve()
     meta = sweep_meta(out)
     if add_trials < 0:
@@ -416,14 +425,15 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
                 # marked in the study's user attributes (a finished trial's cannot change)
                 study.set_user_attr("interrupted", sorted({*study.user_attrs.get("interrupted", []), t.number}))
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number, **promotion_attrs(t.user_attrs)},
+                                    skip_if_exists=False)
         rows = study_rows(spec, study)
         write_results(out, rows.values(), param_names(spec))
         budget = int(meta["trials"]) + add_trials
         meta.update(trials=budget, sessions=int(meta.get("sessions", 1)) + 1)
         write_atomic(out / SWEEP, json.dumps(meta, indent=2, default=str).encode())
         remaining = budget - trained(rows.values())
-        if remaining > 0:
-            _drive(spec, out, data, remaining, budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address,
+        if remaining > 0 or promotions_left(spec, study):
+            _drive(spec, out, data, max(0, remaining), budget, rows, len(study.trials), meta["sessions"] - 1, quiet, address,
                    meta.get("base_dir"))
     return load_results(out)

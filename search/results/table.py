@@ -27,7 +27,7 @@ METRIC_COLUMNS = [
 #: missing value (a failed or stopped trial) does not turn the column into floats.
 INT_COLUMNS = ("trial_number", "seed", "size_bytes", "dense_bytes", "params", "nonzero_params", "parent",
                "predicted_size_bytes", "epochs", "batch_size", "depth", "width", "finetune_epochs", "bits",
-               "qat_epochs")
+               "qat_epochs", "budget")
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +117,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``artifact``         artifact path relative to the sweep folder (``compress.load`` it)
     ``ended_at``         Unix time at which the driver recorded the row
     ``parent``           for a ladder rung: the trial number of the trained model it
-                         compresses (None for trials that trained their own model)
+                         compresses; for a promotion (``search.promote``): the trial
+                         number of the configuration it retrains at a longer budget
+                         (None for new configurations)
+    ``budget``           with ``search.promote``: the epochs of the trial's rung (its
+                         ``epochs``); a row with ``parent`` and ``budget`` is a promotion
     ``predicted_size_bytes``  size predicted before training (when constraints or early
                          stopping use it)
     ===================  ===========================================================

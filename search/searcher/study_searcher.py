@@ -13,7 +13,12 @@ asked. On top of plain ask-and-tell it:
   its ``parent``;
 * in reproducible mode (``search.reproducible``), asks configurations in batches of
   :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all of it has ended, in trial-number order, so
-  the study, ladder numbering and early-stopping peers do not depend on which trial ended first.
+  the study, ladder numbering and early-stopping peers do not depend on which trial ended first;
+* with ``search.promote``, retrains the configurations that are best for their size at the next
+  epoch budget (:mod:`search.searcher.promote`): each promotion is enqueued in the study with
+  the parent's parameters and user attributes ``parent`` and ``budget``, asked like any queued
+  trial, and runs as a new Ray trial (seeded as its parent). ``trials`` counts new
+  configurations only; promotions come on top. Reproducible mode promotes at batch boundaries.
 """
 
 from __future__ import annotations
@@ -87,26 +92,35 @@ class SlimSearcher(Searcher):
         self.batch: list[str] = []  # reproducible mode: the Ray trial ids of the current batch
         self.batch_size = 0
         self.ended: dict[str, tuple[dict | None, bool]] = {}  # ended in this batch, not yet told
+        self.promotion, self.pending = None, 0  # search.promote: the rule, promotions enqueued and not yet asked
+        if spec.search.promote is not None:
+            from search.searcher.promote import Promotion
+
+            self.promotion, self.pending = Promotion.from_study(spec, study)
+            self._promote()  # earned before a driver was killed (a boundary: nothing runs yet)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         return True  # the space, metrics and modes are the spec's
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.started >= self.budget:
+        if self.started >= self.budget and not self.pending:
+            if self.promotion is not None and self.live:
+                return None  # a running trial may still earn a promotion
             return Searcher.FINISHED
         if self.reproducible:
             if not self.batch:
                 # A batch size that does not follow concurrency: the same batches (and so the same
                 # rows) at concurrency 1 as at 2..REPRODUCIBLE_BATCH.
                 batch = max(REPRODUCIBLE_BATCH, self.spec.search.concurrency)
-                self.batch_size = min(batch, self.budget - self.started)
+                self.batch_size = min(batch, self.budget - self.started + self.pending)
             elif len(self.batch) >= self.batch_size:
                 return None  # the batch is full: wait until all of it has ended
         trial, cfg = self._ask()
         trial.set_user_attr("config", cfg)
         trial.set_user_attr("ray_trial_id", trial_id)
         self.live[trial_id] = trial
-        self.started += 1
+        if cfg.get("parent") is None:
+            self.started += 1  # a promotion is not a new configuration
         if self.reproducible:
             self.batch.append(trial_id)
         return cfg
@@ -117,7 +131,12 @@ class SlimSearcher(Searcher):
 
         for _ in range(MAX_SKIPS):
             trial = self.study.ask()
+            if self.promotion is not None and trial.user_attrs.get("parent") is not None:
+                return trial, self._promoted(trial)
             cfg = self.space(trial)
+            if self.promotion is not None:
+                cfg["budget"] = cfg["epochs"]  # the first rung
+                trial.set_user_attr("budget", cfg["budget"])
             if not self.predicting:
                 return trial, cfg
             predicted = predict(self.spec, self.data, cfg)
@@ -128,6 +147,29 @@ class SlimSearcher(Searcher):
         raise SpecError("constraints", "must leave some configurations feasible",
                         f"{MAX_SKIPS} configurations in a row predicted infeasible",
                         "relax the constraints or the space")
+
+    def _promoted(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The configuration of a promotion popped from the study's queue: the parent's
+        parameters (replayed, so this trial records them) and seed, at the new budget."""
+        parent, budget = int(trial.user_attrs["parent"]), int(trial.user_attrs["budget"])
+        before = self.study.get_trials(deepcopy=False)[parent].user_attrs.get("config") or {}
+        cfg = self.space(trial)
+        cfg.update(epochs=budget, budget=budget, parent=parent)
+        for key in ("seed", "predicted_size_bytes"):
+            if key in before:
+                cfg[key] = before[key]
+        self.pending = max(0, self.pending - 1)
+        return cfg
+
+    def _promote(self) -> None:
+        """Enqueue the promotions earned so far, in the rule's fixed order."""
+        if self.promotion is None:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        for parent, budget in self.promotion.due():
+            self.study.enqueue_trial(trials[parent].params, user_attrs={"parent": parent, "budget": budget},
+                                     skip_if_exists=False)
+            self.pending += 1
 
     def _skip(self, trial: optuna.Trial, cfg: dict[str, Any], predicted: dict[str, float]) -> None:
         broken = ", ".join(f"{b.metric}={predicted[b.metric]:.6g} (min={b.min}, max={b.max})"
@@ -153,6 +195,7 @@ class SlimSearcher(Searcher):
             self._tell(tid, *self.ended[tid])
         if self.rule is not None:
             self.rule.commit(order)
+        self._promote()
         self.batch, self.ended = [], {}
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
@@ -160,7 +203,8 @@ class SlimSearcher(Searcher):
         spec = self.spec
         config = trial.user_attrs.get("config") or (result or {}).get("config") or {}
         status, err = outcome(spec, None if error else result)
-        trial.set_user_attr("row", jsonable(make_row(spec, trial_id, config, result, status, err)))
+        row = jsonable(make_row(spec, trial_id, config, result, status, err))
+        trial.set_user_attr("row", row)
         if status == "stopped":
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         elif status == "failed":
@@ -172,6 +216,10 @@ class SlimSearcher(Searcher):
             self.study.tell(trial, [float(result[m]) for m in spec.metric_names])
             if result.get("ladder"):
                 self._add_rungs(trial_id, trial.number, result["ladder"])
+        if self.promotion is not None and config.get("budget") is not None:
+            self.promotion.record(trial.number, int(config["budget"]), row)
+            if not self.reproducible:
+                self._promote()
 
     def _add_rungs(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
         """Each rung (a compression setting of the parent's trained model) becomes a COMPLETE
