@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--arms", nargs="+", default=["constant", "wsd"], choices=list(ARMS))
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=12)
     ap.add_argument("--depth", type=int, default=3)

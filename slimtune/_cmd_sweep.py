@@ -68,9 +68,11 @@ def _finish(path: str, df) -> int:
     from search.driver.progress import counts
 
     p = sweep_progress(path)
-    rungs = int(df["parent"].notna().sum()) if "parent" in df else 0
+    promoted = int((df["parent"].notna() & df["budget"].notna()).sum()) if "budget" in df else 0
+    rungs = int(df["parent"].notna().sum()) - promoted if "parent" in df else 0
     skipped = int((df["status"] == "infeasible").sum())
     extra = [f"{rungs} ladder rungs"] * bool(rungs) + [f"{skipped} skipped as infeasible"] * bool(skipped)
+    extra += [f"{promoted} promoted to longer budgets"] * bool(promoted)
     rows = f"{len(df)} rows" + (f" ({', '.join(extra)})" if extra else "")
     print(f"trained trials {p.finished}/{p.budget} finished ({counts(p)}); {rows} in {Path(path) / 'results.parquet'}")
     return 0 if (df["status"] == "ok").any() else 1

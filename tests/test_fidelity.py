@@ -219,6 +219,36 @@ def test_the_searcher_promotes_as_new_trials(reproducible):
     check_promotions(study, spec)
 
 
+def test_reproducible_mode_promotes_at_batch_boundaries_whatever_the_order_trials_end():
+    """Reproducible mode: the same trials, parameters and promotions however a batch's trials
+    end (here: in order, and in reverse), since promotion waits for the batch boundary."""
+    from search.searcher.study_searcher import SlimSearcher
+
+    spec = parse_spec(promo_spec(reproducible=True, trials=9))
+
+    def run(reverse: bool) -> list[tuple]:
+        study = optuna.create_study(directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        searcher, out, k = SlimSearcher(spec, study, data=None, trials=9, rows={}), [], 0
+        while True:
+            batch = []
+            while (cfg := searcher.suggest(f"t{k}")) not in (None, searcher.FINISHED):
+                batch.append((f"t{k}", cfg))
+                k += 1
+            if not batch:
+                assert cfg == searcher.FINISHED
+                break
+            for tid, cfg in (reversed(batch) if reverse else batch):
+                searcher.on_trial_complete(tid, result(cfg))
+            out += [(c["trial_number"], c["lr"], c["width"], c["epochs"], c.get("parent")) for _, c in batch]
+        return out
+
+    forward = run(False)
+    assert forward == run(True)
+    assert sum(p is not None for *_, p in forward) == 3  # floor(9/3)
+    assert [n for n, *_ in forward] == list(range(len(forward)))
+
+
 def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
     """The study is the promotion's record: kill after each suggestion in turn, resume as
     ``slimtune resume`` does (running trials failed, rerun with their attributes), finish."""
@@ -271,3 +301,38 @@ def test_a_digits_sweep_promotes_the_front_to_the_longer_budget(ray_session, tmp
         parent = by_number.loc[int(p["parent"])]
         assert int(p["parent"]) in rule.ranked(1)  # on a front of the first rung
         assert (p["lr"], p["width"], p["seed"]) == (parent["lr"], parent["width"], parent["seed"])
+
+
+@pytest.mark.slow
+def test_a_killed_promoting_sweep_resumes_with_each_promotion_once(ray_session, tmp_path):
+    """SIGKILL the driver of a promoting sweep once some trials have ended; `slimtune resume`
+    finishes it: 6 configurations, floor(6/3) promotions, none lost or made twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from search import load_results
+    from slimtune.cli import main
+    from tests.test_resume import ROOT, _wait_rows
+
+    s = promo_spec()
+    s["search"]["sampler"] = "tpe"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(s))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "slimtune", "sweep", str(tmp_path / "s.yaml"), "--out", str(out),
+                             "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_rows(out, 4, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert main(["resume", str(out), "--quiet"]) == 0
+    df = load_results(out)
+    promoted = df[df["parent"].notna()]
+    assert (df["status"] == "ok").all() and len(df) == 8, df[["trial_number", "status", "parent", "budget"]]
+    assert len(promoted) == 2 and promoted["parent"].is_unique and (promoted["budget"] == 3).all()
+    assert (df[df["parent"].isna()]["budget"] == 1).all()
