@@ -151,9 +151,14 @@ def test_the_rule_promotes_the_best_for_their_size_once_each():
     assert rule.due() == []  # 5 finished: quota floor(5/3) = 1, already made
     rule.record(7, 1, row(0.50, 3000))
     assert rule.due() == [(2, 3)]  # 6 finished: quota 2; the front's next member
+    rule.record(8, 1, row(0.95, 900))  # dominates 0, which was promoted when it ranked first
+    assert rule.due() == []  # 7 finished: quota 2, both made
+    rule.record(9, 1, row(0.50, 3000))
+    rule.record(10, 1, row(0.50, 3000))
+    assert rule.due() == [(8, 3)]  # 9 finished: quota 3; the best of the top 3 not yet promoted
     rule.record(6, 3, row(0.9, 1000))
     assert rule.due() == []  # one at rung 3: quota 0
-    assert rule.ranked(1) == [0, 2, 1, 7]
+    assert rule.ranked(1)[:3] == [8, 2, 0]  # 8 dominates 0: a front of 8 and 2, then 0
 
 
 def promo_spec(**search) -> dict:

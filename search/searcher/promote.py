@@ -7,7 +7,9 @@ number it continues) and ``budget`` (its epochs). "Best" is the two-objective co
 results already use: nondominated rank among the feasible ok rows of that rung
 (:func:`search.results.table.pareto_front`, peeled front by front), best first objective first
 within a front. A configuration is promoted at most once from each rung, asynchronously as in
-ASHA: whenever the rung's count grows, the quota grows with it.
+ASHA: whenever the rung's count grows, the quota grows with it, and the best of the rung's top
+``quota`` not yet promoted fill it. Unlike ASHA, promotions made earlier count against the quota
+even when later trials rank above them: a rung of ``n`` sends at most ``floor(keep * n)`` on.
 
 The rule reads and writes only plain values (no Ray, no Optuna), and :meth:`Promotion.from_study`
 rebuilds it from the study's user attributes, which are its whole state: a promotion is made
@@ -63,10 +65,11 @@ class Promotion:
         out = []
         for budget, nxt in zip(self.rungs, self.rungs[1:]):
             quota = math.floor(self.keep * len(self.finished[budget]) + 1e-9)
-            for number in self.ranked(budget)[:quota]:
-                if (number, nxt) not in self.promoted:
-                    self.mark(number, nxt)
-                    out.append((number, nxt))
+            slots = quota - sum(1 for _, b in self.promoted if b == nxt)  # never more than the quota in all
+            best = [n for n in self.ranked(budget)[:quota] if (n, nxt) not in self.promoted]
+            for number in best[:max(0, slots)]:
+                self.mark(number, nxt)
+                out.append((number, nxt))
         return out
 
     @classmethod
