@@ -31,10 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository's search/, not benchmarks/search.py
 
-import compress  # noqa: E402
-import search  # noqa: E402
-import spaces  # noqa: E402
-from search.task.train import Schedule  # noqa: E402
+import compress
+import search
+import spaces
+from search.task.train import Schedule
 
 ARMS = {"constant": Schedule(), "wsd": Schedule("wsd", 0.05, 0.2), "cosine": Schedule("cosine", 0.05, 0.0)}
 RESULTS = Path(__file__).parent / "results"

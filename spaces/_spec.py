@@ -5,6 +5,7 @@ Nothing past :func:`load_spec` / :func:`parse_spec` re-checks the values.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ class Search:
     early_stop: "EarlyStop | None" = None  # stop trials that cannot reach the front at their size
     reject_infeasible: bool = True  # skip, untrained, configurations whose predicted size breaks a constraint
     reproducible: bool = False  # ask in batches of `concurrency`, tell at batch ends: same rows at any timing
-    promote: "Promote | None" = None  # start configurations short, retrain the best for their size longer
+    promote: Promote | None = None  # start configurations short, retrain the best for their size longer
 
 
 @dataclass(frozen=True)
@@ -462,13 +463,13 @@ def _parse_early_stop(raw: Any) -> "EarlyStop | None":
     )
 
 
-def _parse_promote(raw: Any) -> "Promote | None":
+def _parse_promote(raw: Any) -> Promote | None:
     if raw is None:
         return None
     p = _mapping("search.promote", raw, ("rungs", "keep"))
     rungs = p.get("rungs")
     if not (isinstance(rungs, list) and len(rungs) >= 2 and all(_is_int(r) and r >= 1 for r in rungs)
-            and all(a < b for a, b in zip(rungs, rungs[1:]))):
+            and all(a < b for a, b in itertools.pairwise(rungs))):
         raise SpecError("search.promote.rungs", "must be a list of at least 2 increasing epoch budgets >= 1", rungs,
                         "e.g. rungs: [5, 15, 45]")
     keep = _number("search.promote.keep", p.get("keep", 1 / 3), "`0 < keep < 1` must hold", lambda v: 0 < v < 1)

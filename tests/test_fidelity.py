@@ -4,6 +4,7 @@ the two-objective comparison, promoted configurations retrained as new trials an
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import optuna
@@ -32,9 +33,9 @@ def test_wsd_warms_up_holds_then_decays_to_about_zero():
     s, total = Schedule("wsd", warmup=0.1, decay=0.2), 100
     f = [s.factor(t, total) for t in range(total)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # 10 warm-up steps, linear
-    assert all(a < b for a, b in zip(f[:10], f[1:10]))
+    assert all(a < b for a, b in itertools.pairwise(f[:10]))
     assert f[10:80] == [1.0] * 70  # stable
-    assert all(a > b for a, b in zip(f[80:], f[81:]))  # 20 decay steps, linear, down to 1/20
+    assert all(a > b for a, b in itertools.pairwise(f[80:]))  # 20 decay steps, linear, down to 1/20
     assert f[80] == pytest.approx(1.0) and f[-1] == pytest.approx(1 / 20)
     assert s.finetune() == Schedule("wsd", 0.0, 1.0)
     ft = [s.finetune().factor(t, 10) for t in range(10)]

@@ -73,7 +73,7 @@ class Promotion:
         return out
 
     @classmethod
-    def from_study(cls, spec: Spec, study: Any) -> tuple["Promotion", int]:
+    def from_study(cls, spec: Spec, study: Any) -> tuple[Promotion, int]:
         """The rule as the study's trials leave it, and how many promotions wait in its queue."""
         from optuna.trial import TrialState
 

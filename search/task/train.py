@@ -47,16 +47,16 @@ class Schedule:
         """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total``."""
         if self.kind == "constant" or total <= 0:
             return 1.0
-        w = int(round(self.warmup * total))
+        w = round(self.warmup * total)
         if step < w:
             return (step + 1) / w
         if self.kind == "wsd":
-            d = int(round(self.decay * total))
+            d = round(self.decay * total)
             return 1.0 if step < total - d else (total - step) / d
         rest = max(1, total - w)
         return 0.5 * (1.0 + math.cos(math.pi * (step - w) / rest))
 
-    def finetune(self) -> "Schedule":
+    def finetune(self) -> Schedule:
         """The schedule of a fine-tuning phase (after pruning, QAT) under this one: no warm-up,
         decay over the whole phase (linear for wsd, cosine for cosine); constant stays constant."""
         return self if self.kind == "constant" else Schedule(self.kind, 0.0, 1.0)
