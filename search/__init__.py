@@ -13,7 +13,7 @@ _HOME = {
     "search.driver.progress": ["Progress", "format_progress", "progress", "sweep_progress"],
     "search.results.table": ["load_results", "pareto_front"],
     "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
-    "search.task.train": ["evaluate", "train"],
+    "search.task.train": ["Schedule", "evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
     "search.present.export": ["export_trial", "load_exported", "predict_csv"],
     "search.present.plot": ["hypervolume", "plot_sweep"],
