@@ -342,3 +342,23 @@ def test_a_killed_promoting_sweep_resumes_with_each_promotion_once(ray_session, 
     assert (df["status"] == "ok").all() and len(df) == 8, df[["trial_number", "status", "parent", "budget"]]
     assert len(promoted) == 2 and promoted["parent"].is_unique and (promoted["budget"] == 3).all()
     assert (df[df["parent"].isna()]["budget"] == 1).all()
+
+
+@pytest.mark.slow
+def test_a_reproducible_promoting_sweep_gives_the_same_rows_at_concurrency_1_and_2(ray_session, tmp_path):
+    import pandas as pd
+
+    from search import load_results
+    from slimtune.cli import main
+    from tests.test_reproducible import VARYING
+
+    frames = []
+    for concurrency in (1, 2):
+        s = promo_spec(reproducible=True, concurrency=concurrency)
+        s["search"]["sampler"] = "tpe"
+        (tmp_path / f"{concurrency}.yaml").write_text(yaml.safe_dump(s))
+        out = tmp_path / f"run{concurrency}"
+        assert main(["sweep", str(tmp_path / f"{concurrency}.yaml"), "--out", str(out), "--quiet"]) == 0
+        frames.append(load_results(out).drop(columns=VARYING))
+    assert (frames[0]["parent"].notna()).sum() == 2
+    pd.testing.assert_frame_equal(frames[0], frames[1])
