@@ -60,8 +60,8 @@ def _cluster(args: argparse.Namespace) -> int:
               f"  forward its dashboard:  ray dashboard {rec['config']}   (then http://127.0.0.1:8265)\n"
               + (f"  results:                {rec['storage']}\n"
                  f"  submit:                 slimtune submit SPEC\n" if rec.get("storage") else
-                 f"  submit:                 slimtune submit SPEC --storage s3://bucket/sweeps\n") +
-              f"  stop:                   slimtune cluster down")
+                 "  submit:                 slimtune submit SPEC --storage s3://bucket/sweeps\n") +
+              "  stop:                   slimtune cluster down")
         return 0
     rec = cluster.up(workers=args.workers, num_cpus=args.num_cpus, num_gpus=args.num_gpus, port=args.port,
                      dashboard_port=args.dashboard_port, dashboard_host=args.dashboard_host,
