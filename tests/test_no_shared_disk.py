@@ -273,7 +273,10 @@ def _check_sweep(sweep_id: str, text: str, spec: Path, budget: int, nodes: TwoNo
     builders = _builders(spec)
     x = torch.zeros(2, 64)
     for _, row in df.iterrows():
-        assert store.size(row["artifact"]) == row["size_bytes"], (row["trial_number"], row["node"])
+        on = "the head" if known[row["node"].split("/")[-1]]["is_head_node"] else "the worker"
+        where = f"trial {row['trial_number']} (ran on {on})"
+        assert store.is_file(row["artifact"]), f"{where}: its artifact is not in {out}"
+        assert store.size(row["artifact"]) == row["size_bytes"], where
         model = compress.load(store.read_bytes(row["artifact"]), builders=builders)
         assert model(x).shape == (2, 10)
     return df
@@ -319,6 +322,7 @@ def _files(folder: Path):
 def test_a_planted_secret_shows_up_nowhere(two_nodes, tmp_path_factory, tmp_path, capsys):
     """The nodes' AWS secret is in no stored object, local file, report, export, log or job info."""
     sweep_id, text, spec = _s3_sweep(two_nodes, tmp_path_factory, capsys)
+    assert text.splitlines()[0] == f"{sweep_id}: SUCCEEDED", text
     secret = PLANTED.encode()
     out = cluster.resolve_results_path(sweep_id)
     store = Storage.open(out)
