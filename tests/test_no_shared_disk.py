@@ -39,6 +39,7 @@ from cluster import _local, _state
 from search import load_results
 from search.storage import Storage
 from slimtune.cli import main
+from spaces import SpecError
 from tests.test_cluster import _nodes, _spec, _status, _submit, _wait
 from tests.test_storage import free_port, start_moto, stop
 
@@ -65,6 +66,81 @@ def _mnt_ns(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
         return None
+
+
+# --- the cluster plumbing, without a cluster ------------------------------------------------------
+
+
+class _FakeJobs:
+    """Stands in for JobSubmissionClient: records what `submit` would send to the cluster."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def submit_job(self, **kwargs):
+        self.calls.append(kwargs)
+        return kwargs["submission_id"]
+
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    """moto_server on loopback; the AWS variables (with the planted secret) in this process only."""
+    port = free_port()
+    proc = start_moto(port)
+    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY",
+                 "AWS_SECRET_ACCESS_KEY": PLANTED, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    try:
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                          allow_bucket_creation=True).create_dir(BUCKET)
+        yield
+    finally:
+        stop(proc)
+
+
+def test_storage_uri_from_cluster_up_to_submit_to_results(s3_env, tmp_path, monkeypatch, capsys):
+    """`cluster up --storage URI` records it, `submit` defaults to it (or takes --storage), the job's
+    --out is <storage>/<sweep id>, `results <id>` reads it; no credentials in anything sent."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SLIMTUNE_HOME", str(home))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = _spec(tmp_path / "work", "t-plumbing", trials=2)
+    # A bad storage is refused before anything starts or is recorded.
+    for storage, msg in [("s3://no-such-bucket/x", "storage: bucket 'no-such-bucket' must exist"),
+                         ("s3://AKIAKEY:PLANTEDSECRET@b/x", "storage: a storage URI must not carry credentials"),
+                         ("hdfs://nn/x", "storage: storage scheme must be one of")]:
+        for argv in (["cluster", "up", "--storage", storage],
+                     ["cluster", "up", str(ROOT / "cluster" / "local.yaml"), "--storage", storage]):
+            capsys.readouterr()
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err.strip()
+            assert msg in err and len(err.splitlines()) == 1 and "PLANTEDSECRET" not in err, err
+    assert not home.exists(), "a refused `cluster up` wrote state"
+    # A launcher cluster (`ray up` stubbed): the storage is recorded with it.
+    monkeypatch.setattr(_local.subprocess, "call", lambda *a, **k: 0)
+    assert main(["cluster", "up", str(ROOT / "cluster" / "local.yaml"), "--storage", f"s3://{BUCKET}/sweeps/"]) == 0
+    assert cluster.recorded()["storage"] == f"s3://{BUCKET}/sweeps"
+    assert f"s3://{BUCKET}/sweeps" in capsys.readouterr().out
+
+    jobs = _FakeJobs()
+    monkeypatch.setattr(cluster._jobs, "client", lambda *a, **k: jobs)
+    recorded = _submit(capsys, spec)  # no --storage: the cluster's
+    given = _submit(capsys, spec, "--storage", f"s3://{BUCKET}/team")
+    folder = _submit(capsys, spec, "--storage", str(tmp_path / "shared"))
+    outs = [f"s3://{BUCKET}/sweeps/{recorded}", f"s3://{BUCKET}/team/{given}", str(tmp_path / "shared" / folder)]
+    for sweep_id, out, call in zip((recorded, given, folder), outs, jobs.calls):
+        assert call["submission_id"] == sweep_id and call["metadata"]["slimtune_out"] == out
+        assert call["entrypoint"] == f"slimtune sweep spec.yaml --out {out}"
+        assert set(call["runtime_env"]) == {"working_dir", "excludes"}, "only the code travels with a job"
+        assert cluster.resolve_results_path(sweep_id) == out  # what `slimtune results <id>` reads
+    assert PLANTED not in repr(jobs.calls) and "AKIAPLANTEDKEY" not in repr(jobs.calls)
+    n = len(jobs.calls)
+    capsys.readouterr()
+    assert main(["submit", str(spec), "--storage", "s3://no-such-bucket/x"]) == 2
+    assert "storage: bucket 'no-such-bucket' must exist" in capsys.readouterr().err
+    assert len(jobs.calls) == n  # nothing submitted
+    for f in home.rglob("*"):
+        assert not f.is_file() or PLANTED.encode() not in f.read_bytes(), f
 
 
 class TwoNodes:
@@ -321,7 +397,7 @@ def _files(folder: Path):
 @pytest.mark.slow
 def test_a_planted_secret_shows_up_nowhere(two_nodes, tmp_path_factory, tmp_path, capsys):
     """The nodes' AWS secret is in no stored object, local file, report, export, log or job info."""
-    sweep_id, text, spec = _s3_sweep(two_nodes, tmp_path_factory, capsys)
+    sweep_id, text, _ = _s3_sweep(two_nodes, tmp_path_factory, capsys)
     assert text.splitlines()[0] == f"{sweep_id}: SUCCEEDED", text
     secret = PLANTED.encode()
     out = cluster.resolve_results_path(sweep_id)
@@ -373,7 +449,7 @@ def test_worker_node_killed_mid_sweep_with_s3_storage(two_nodes, tmp_path, capsy
     def worker_finished_one(st, text):
         try:
             df = load_results(out)
-        except Exception:  # nothing stored yet
+        except (SpecError, OSError):  # nothing stored yet
             return False
         return bool(df["node"].fillna("").str.endswith(worker_id).any())
 
