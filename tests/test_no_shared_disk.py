@@ -394,20 +394,36 @@ def _files(folder: Path):
             yield p
 
 
+class _Finder:
+    """Collects every place the planted secret shows, so that one run names them all."""
+
+    def __init__(self):
+        self.found: list[str] = []
+
+    def look(self, where: str, data: bytes | str) -> None:
+        data = data.encode() if isinstance(data, str) else data
+        lines = [ln[:240].decode(errors="replace") for ln in data.splitlines() if PLANTED.encode() in ln]
+        if lines:
+            self.found.append(f"{where}: {lines[0]}" + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""))
+
+    def check(self) -> None:
+        assert not self.found, "the planted secret shows in:\n" + "\n".join(self.found)
+
+
 @pytest.mark.slow
-def test_a_planted_secret_shows_up_nowhere(two_nodes, tmp_path_factory, tmp_path, capsys):
-    """The nodes' AWS secret is in no stored object, local file, report, export, log or job info."""
+def test_a_planted_secret_is_in_no_file_of_the_sweep_nor_the_job(two_nodes, tmp_path_factory, tmp_path, capsys):
+    """The nodes' AWS secret is in no stored object, report, export, CLI output, state record, job info or job log."""
     sweep_id, text, _ = _s3_sweep(two_nodes, tmp_path_factory, capsys)
     assert text.splitlines()[0] == f"{sweep_id}: SUCCEEDED", text
-    secret = PLANTED.encode()
+    secret = _Finder()
     out = cluster.resolve_results_path(sweep_id)
     store = Storage.open(out)
-    objects = store.fs.get_file_info(pafs.FileSelector(store.root, recursive=True))
-    objects = [o for o in objects if o.type == pafs.FileType.File]
+    objects = [o for o in store.fs.get_file_info(pafs.FileSelector(store.root, recursive=True))
+               if o.type == pafs.FileType.File]
     assert objects, "the sweep stored nothing"
     for o in objects:
         with store.fs.open_input_stream(o.path) as f:
-            assert secret not in f.read(), o.path
+            secret.look(f"s3://{o.path}", f.read())
     # What a user makes from it, here.
     shown = tmp_path / "shown"
     shown.mkdir()
@@ -417,22 +433,52 @@ def test_a_planted_secret_shows_up_nowhere(two_nodes, tmp_path_factory, tmp_path
     assert main(["plot", out, "--out", str(shown / "pareto.png")]) == 0
     assert main(["export", out, "--trial", "0", "--out", str(shown / "model.slim")]) == 0
     printed = capsys.readouterr()
-    assert PLANTED not in printed.out + printed.err
-    # Every local file of the cluster and of these tests: Ray's logs (the driver's too), state, records.
-    for folder in (two_nodes.base, Path(two_nodes.head["temp_dir"]), shown):
+    secret.look("the CLI's output", printed.out + printed.err)
+    for folder in (two_nodes.base, shown):  # SLIMTUNE_HOME (cluster and sweep records), a local storage
         for p in _files(folder):
-            assert secret not in p.read_bytes(), p
-    # The job as the Jobs API and the dashboard show it.
+            secret.look(str(p), p.read_bytes())
+    # The job as the Jobs API and the dashboard's job pages show it.
     jobs = cluster._jobs.client(two_nodes.head["dashboard"])
     info = jobs.get_job_info(sweep_id)
     assert "env_vars" not in (info.runtime_env or {}), info.runtime_env
-    assert PLANTED not in f"{info.entrypoint} {info.runtime_env} {info.metadata} {info}"
-    assert PLANTED not in jobs.get_job_logs(sweep_id)
+    secret.look("the job's info", f"{info.entrypoint} {info.runtime_env} {info.metadata} {info}")
+    secret.look("the job's logs", jobs.get_job_logs(sweep_id))
     token = Path(two_nodes.head["token"]["path"]).read_text().strip()
     for path in ("/api/jobs/", f"/api/jobs/{sweep_id}"):
         r = requests.get(two_nodes.head["dashboard"] + path, headers={"Authorization": f"Bearer {token}"},
                          timeout=30)
-        assert r.status_code == 200 and sweep_id in r.text and PLANTED not in r.text
+        assert r.status_code == 200 and sweep_id in r.text, (path, r.status_code)
+        secret.look(f"the dashboard's {path}", r.text)
+    secret.check()
+
+
+@pytest.mark.slow
+def test_a_planted_secret_is_in_no_ray_log_nor_dashboard_view(two_nodes, tmp_path_factory, capsys):
+    """Nor in the Ray logs of either node or the dashboard's actor list.
+
+    Ray Tune copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from the driver's
+    environment into every trial actor's runtime_env ``env_vars`` (ray.tune.execution.class_cache,
+    ENV_VARS_TO_PROPAGATE): each node's runtime_env_agent.log then logs them, and the dashboard's
+    actor list shows them. The driver must not hand them to Tune that way.
+    """
+    sweep_id, text, _ = _s3_sweep(two_nodes, tmp_path_factory, capsys)
+    assert text.splitlines()[0] == f"{sweep_id}: SUCCEEDED", text
+    secret = _Finder()
+    # The head's Ray folder (logs of the driver and every Ray process) and the worker node's own,
+    # seen through its mount namespace.
+    folders = [Path(two_nodes.head["temp_dir"])]
+    if two_nodes.worker and _state.alive(two_nodes.worker):
+        folders.append(Path(f"/proc/{two_nodes.worker['pid']}/root/tmp/ray-worker"))
+    for folder in folders:
+        for p in _files(folder):
+            secret.look(str(p), p.read_bytes())
+    token = Path(two_nodes.head["token"]["path"]).read_text().strip()
+    for path in ("/api/v0/actors?detail=1&limit=10000", "/api/v0/tasks?detail=1&limit=10000"):
+        r = requests.get(two_nodes.head["dashboard"] + path, headers={"Authorization": f"Bearer {token}"},
+                         timeout=30)
+        assert r.status_code == 200, (path, r.status_code)
+        secret.look(f"the dashboard's {path}", r.text)
+    secret.check()
 
 
 @pytest.mark.slow
