@@ -288,7 +288,8 @@ def test_the_worker_node_sees_none_of_the_heads_files(two_nodes, tmp_path):
     token = two_nodes.head["token"]["path"]
     visible = [sys.executable, str(ROOT / "search" / "__init__.py"), str(Path(sys.executable).parent / "ray")]
     hidden = [str(marker), token, two_nodes.head["temp_dir"], os.path.expanduser(f"~/.ray/{marker.name}")]
-    Path(os.path.expanduser(f"~/.ray/{marker.name}")).write_text("x")
+    Path(os.path.expanduser("~/.ray")).mkdir(exist_ok=True)
+    Path(os.path.expanduser(f"~/.ray/{marker.name}")).write_text("x")  # removed below
     drops = [f"/tmp/st-from-worker-{secrets.token_hex(3)}",
              os.path.expanduser(f"~/.slimtune/st-from-worker-{secrets.token_hex(3)}")]
     try:
