@@ -203,6 +203,7 @@ class TwoNodes:
 def two_nodes():
     """A head (``cluster up --storage s3://…``) and a worker node that sees none of the head's files."""
     base = Path(tempfile.mkdtemp(prefix="st2n-", dir="/tmp"))
+    made = [Path(os.path.expanduser(d)) for d in HIDDEN if not os.path.exists(os.path.expanduser(d))]
     port = free_port()
     aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": PLANTED, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -237,6 +238,9 @@ def two_nodes():
             if record:
                 shutil.rmtree(record["temp_dir"], ignore_errors=True)
             shutil.rmtree(base, ignore_errors=True)
+            for d in made:  # mount points the worker needed, empty here: leave $HOME as it was
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
 
 
 def _probe_job(nodes: TwoNodes, tmp_path: Path, code: str) -> dict:
