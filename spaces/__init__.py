@@ -6,7 +6,7 @@ Imports neither torch nor ray (a test keeps it so).
 
 from spaces._distributions import Choice, Fixed, IntRange, LogUniform, Param, Uniform, parse_param, suggest, to_json
 from spaces._errors import RunError, SpecError
-from spaces._methods import METHODS, Key, MethodKeys, Section, When
+from spaces._methods import METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
 from spaces._metrics import (
     METRIC_TABLE,
     METRICS,
@@ -36,7 +36,7 @@ from spaces._spec import (
 
 __all__ = [
     "BUILTIN_DATASETS", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",
-    "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "Param", "Resources",
+    "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "PRUNE", "Param", "QUANTIZE", "Resources",
     "RunError", "Search", "Section", "Spec", "SpecError", "Task", "Uniform", "When", "computed_metrics",
     "declare", "load_spec", "parse_param", "parse_spec", "require_search", "result_columns", "shown_columns",
     "suggest", "task_metric", "to_json", "whole_columns", "worst_value",

@@ -27,8 +27,8 @@ class Metric:
     every kind). split: also measured on the test split, as ``test_<name>``. objective: may be
     an objective or a constraint (else a column only). whole: whole numbers (an ``Int64``
     column). shown: the narrowest view that shows it (``table``: ``slimtune results``;
-    ``report``: the HTML report; ``export``: an export's manifest). worst: the value told for a
-    configuration never trained (default 0 for max, 1e12 for min). compute: ``"module:function"``
+    ``report``: the HTML report; ``export``: an export's manifest). worst: the value told, when
+    it is maximised, for a configuration never trained (default 0; minimised: 1e12). compute: ``"module:function"``
     taking ``(model, data)`` and returning the value for the compressed model (None: the trial
     measures it itself).
     """
@@ -102,12 +102,13 @@ def task_metric(kind: str | None) -> str:
     return TASK_METRIC[kind or "classification"]
 
 
-def worst_value(name: str) -> float:
+def worst_value(name: str, direction: str) -> float:
+    """The value told for a configuration never trained, for an objective ``name`` that is
+    ``direction`` (``max``: the metric's ``worst``, default 0; ``min``: 1e12)."""
     m = METRIC_TABLE.get(name)
-    direction = m.direction if m else METRICS.get(name, "min")
-    if m is not None and m.worst is not None:
-        return m.worst
-    return 0.0 if direction == "max" else 1e12
+    if direction == "min":
+        return 1e12
+    return m.worst if m is not None and m.worst is not None else 0.0
 
 
 def computed_metrics() -> tuple[Metric, ...]:

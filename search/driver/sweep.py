@@ -138,7 +138,7 @@ class SweepLock(Lease):
 def _check_task(spec: Spec, data: Data) -> None:
     want = TASK_METRIC[data.kind]
     for name in spec.metric_names + [b.metric for b in spec.constraints]:
-        if name in ("accuracy", "r2") and name != want:
+        if name in TASK_METRIC.values() and name != want:
             raise SpecError(f"objectives.{name}", f"this is a {data.kind} task, which reports {want}", name,
                             f"use {want}")
     # Build the model of the spec's first configuration once, so a model hook that does not
