@@ -12,6 +12,7 @@ To add a key to a method, add one :class:`Key` line to its declaration below.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,7 @@ class Key:
             return False
         if v in self.also:
             return True
-        return (v == v and abs(v) != float("inf")
+        return ((isinstance(v, int) or math.isfinite(v))
                 and (self.low is None or (v > self.low if self.low_open else v >= self.low))
                 and (self.high is None or (v < self.high if self.high_open else v <= self.high)))
 

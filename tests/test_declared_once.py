@@ -114,3 +114,18 @@ def test_a_sweep_with_the_toy_method_and_metric(declared, ray_session, tmp_path:
             assert torch.allclose(w / step, torch.round(w / step), atol=1e-3)
         l1 = float(sum(w.abs().sum() for w in weights))
         assert np.isfinite(row["weight_l1"]) and row["weight_l1"] == pytest.approx(l1, rel=1e-5)
+
+
+def test_the_bits_rule_of_the_declaration_is_the_one_compress_enforces():
+    """compress may not import spaces (a standalone library), so AffineQuantize checks bits
+    itself; the declaration must accept exactly the widths compress quantizes to, and 32."""
+    from spaces import QUANTIZE
+
+    bits = QUANTIZE.key("bits")
+    for b in range(40):
+        try:
+            compress.AffineQuantize(bits=b)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert bits.ok(b) == (accepted or b == 32), b

@@ -20,7 +20,7 @@ import pandas as pd
 
 from search.task.data import Data, importable, load_data, sweep_split_seed
 from search.results.table import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_atomic, write_results
-from search.results.rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
+from search.results.rows import (COMPRESS_PARAMS, DefineByRun, make_row, outcome,  # noqa: F401
                           param_names, trial_seed)
 from search.trial import TrialSetup, run_trial
 from search.lease import Lease

@@ -151,10 +151,18 @@ def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
     on the artifact holds only the model, and the row's parameters give them."""
     if "configs" in art:
         return art["configs"]
+    import dataclasses
+
     import compress
     from search.trial import compression_configs
 
-    return [compress.config_to_json(c) for part in compression_configs(row.to_dict()) for c in part]
+    def as_json(c: Any) -> dict[str, Any]:
+        try:
+            return compress.config_to_json(c)
+        except TypeError:  # a declared method's own config type: recorded, not rebuildable by compress
+            return {"_type": type(c).__name__, "_data": dataclasses.asdict(c)}
+
+    return [as_json(c) for part in compression_configs(row.to_dict()) for c in part]
 
 
 def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False):

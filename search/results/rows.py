@@ -22,10 +22,6 @@ def result_keys() -> list[str]:
     return [*result_columns(), "node", "artifact"]
 
 
-#: The built-in :func:`result_keys`.
-RESULT_KEYS = tuple(result_keys())
-
-
 def trial_seed(sweep_seed: int, number: int) -> int:
     """A trial's seed from the sweep seed and its Optuna trial number (stable across processes)."""
     return (sweep_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)

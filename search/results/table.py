@@ -34,11 +34,6 @@ def int_columns() -> list[str]:
             "depth", "width", *(k.col for m in METHODS.values() for k in m.keys if k.kind == "int")]
 
 
-#: The built-in metric columns and integer columns (the functions include later declarations).
-METRIC_COLUMNS = metric_columns()
-INT_COLUMNS = tuple(int_columns())
-
-
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with :func:`int_columns` as ``Int64`` where every value present is a whole number."""
     for col in int_columns():
