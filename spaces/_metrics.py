@@ -45,7 +45,9 @@ class Metric:
     compute: str | None = None
 
     def __post_init__(self) -> None:
-        assert self.direction in ("max", "min") and self.shown in VIEWS, self
+        if self.direction not in ("max", "min") or self.shown not in VIEWS:
+            raise ValueError(f"Metric {self.name!r}: direction must be max or min and shown one of "
+                             f"{', '.join(VIEWS)}, but got direction={self.direction!r}, shown={self.shown!r}")
 
 
 METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
