@@ -5,7 +5,7 @@ New configurations train ``rungs[0]`` epochs. Once ``n`` configurations have fin
 next rung's budget, each as a new trial of the study and a new row with ``parent`` (the trial
 number it continues) and ``budget`` (its epochs). "Best" is the two-objective comparison the
 results already use: nondominated rank among the feasible ok rows of that rung
-(:func:`search.results.table.pareto_front`, peeled front by front), best first objective first
+(:func:`search.results.pareto.pareto_front`, peeled front by front), best first objective first
 within a front. A configuration is promoted at most once from each rung, asynchronously as in
 ASHA: whenever the rung's count grows, the quota grows with it, and the best of the rung's top
 ``quota`` not yet promoted fill it. Unlike ASHA, promotions made earlier count against the quota
@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from search.results.table import pareto_front
+from search.results.pareto import pareto_front
 from spaces import Spec
 
 
