@@ -20,9 +20,17 @@ import torch
 import torch.nn as nn
 
 from ._models import prunable_modules
-from ._quantize import AffineQuantize, FakeQuantize, choose_qparams, dequantize, is_fake_quantized, quantize
+from ._quantize import (
+    AffineQuantize,
+    FakeQuantize,
+    choose_qparams,
+    dequantize,
+    is_fake_quantized,
+    qparams_of,
+    quantize,
+)
 
-__all__ = ["assign_bits", "average_bits", "layer_sensitivity"]
+__all__ = ["assign_bits", "average_bits", "layer_sensitivity", "stored_widths"]
 
 Q = TypeVar("Q", AffineQuantize, FakeQuantize)
 WIDTHS = tuple(range(2, 9))
@@ -47,6 +55,12 @@ def layer_sensitivity(model: nn.Module, config: AffineQuantize | FakeQuantize, x
                 out[name][k] = float((model(x).float() - ref).pow(2).mean())
             module.weight.copy_(w)
     return out
+
+
+def stored_widths(model: nn.Module) -> dict[str, int | None]:
+    """Each Linear/Conv layer's quantized width (None where `AffineQuantize` did not quantize it),
+    as `save` stores it and `load` gives it back."""
+    return {n: None if qparams_of(m) is None else qparams_of(m).bits for n, m in prunable_modules(model)}
 
 
 def average_bits(model: nn.Module, widths: Mapping[str, int]) -> float:

@@ -75,6 +75,9 @@ def compression_configs(config: dict[str, Any]) -> tuple[list, list, list]:
     if bits < 32:
         fields = dict(bits=bits, per_channel=bool(_given(config, "per_channel", True)),
                       symmetric=bool(_given(config, "symmetric", False)))
+        for key in ("bits_first", "bits_last"):  # mixed precision (`bits_assign` is resolved on the trained model)
+            if _given(config, key) is not None:
+                fields[key] = int(config[key])
         if _given(config, "quant_mode", "ptq") == "qat":
             qat.append(compress.FakeQuantize(**fields))
         quant.append(compress.AffineQuantize(**fields))
@@ -107,6 +110,11 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
             masks = compress.sparsity_masks(model)
             train(model, data, epochs=ft, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
                   **{**train_args, "seed": seed + 1})
+    if quant and _given(config, "bits_assign", "manual") == "sensitivity":
+        # The same average width, placed by each layer's output error on a calibration batch.
+        calib = torch.from_numpy(np.array(data.x_train[:256], dtype=np.float32))
+        quant = [compress.assign_bits(model, quant[0], calib)]
+        qat = [compress.FakeQuantize(**vars(quant[0]))] if qat else []
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
@@ -116,6 +124,17 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     if quant:
         model = compress.compress(model, *quant)
     return model, [*prune, *qat, *quant]
+
+
+def layer_widths(model: nn.Module) -> tuple[str | None, float | None]:
+    """(``layer_bits``, ``avg_bits``) of a row: each Linear/Conv layer's stored width in layer
+    order (``"8,4,4,8"``; 32 for a layer left in floats), and their mean over non-zero weights;
+    (None, None) for a model with no quantized layer."""
+    stored = compress.stored_widths(model)
+    if all(w is None for w in stored.values()):
+        return None, None
+    widths = {n: 32 if w is None else w for n, w in stored.items()}
+    return ",".join(str(w) for w in widths.values()), compress.average_bits(model, widths)
 
 
 def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
@@ -140,6 +159,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
         "nonzero_params": nonzero,
         "latency_ms": compress.latency_ms(model, data.input_shape),
         "artifact": str(rel),
+        **dict(zip(("layer_bits", "avg_bits"), layer_widths(model))),
     }
 
 

@@ -6,7 +6,7 @@ Nothing past :func:`load_spec` / :func:`parse_spec` re-checks the values.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +38,7 @@ BUILTIN_MODELS = ("mlp", "cnn")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PRUNE_METHODS = ("none", "magnitude", "structured")
 QUANT_MODES = ("ptq", "qat")
+BITS_ASSIGN = ("manual", "sensitivity")  # per-layer widths as written, or placed by sensitivity
 #: Hyperparameters the built-in models and the trainer understand, with their defaults.
 SPACE_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -109,6 +110,11 @@ class Quantize:
     symmetric: Param = Fixed(False)
     mode: Param = Fixed("ptq")  # ptq | qat (fake-quant fine-tuning for qat_epochs, then quantize)
     qat_epochs: Param = Fixed(1)
+    # Mixed precision: the first/last layer's width (2..8) instead of `bits`; `assign: sensitivity`
+    # keeps the average width those give and places it by each layer's sensitivity.
+    bits_first: Param | None = None
+    bits_last: Param | None = None
+    assign: Param | None = None  # manual | sensitivity
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,9 @@ class Spec:
         ``sparsity`` for magnitude pruning, ``sparsity`` otherwise; ``scope`` for magnitude
         pruning, and ``gradual`` for it when ``finetune_epochs > 0``; ``per_channel``,
         ``symmetric`` and ``quant_mode`` when ``bits < 32``; ``qat_epochs`` when
-        ``quant_mode == "qat"``. Returns every parameter, drawn or fixed, named as in the
-        results table.
+        ``quant_mode == "qat"``; ``bits_first``, ``bits_last`` and ``bits_assign`` when
+        ``bits < 32`` and the spec sets them. Returns every parameter, drawn or fixed, named
+        as in the results table.
         """
         cfg: dict[str, Any] = {name: suggest(trial, name, p) for name, p in self.space}
         cfg["epochs"] = suggest(trial, "epochs", self.task.epochs)
@@ -190,6 +197,10 @@ class Spec:
             cfg["quant_mode"] = suggest(trial, "quant_mode", qu.mode)
             if cfg["quant_mode"] == "qat":
                 cfg["qat_epochs"] = suggest(trial, "qat_epochs", qu.qat_epochs)
+            for name, param in (("bits_first", qu.bits_first), ("bits_last", qu.bits_last),
+                                ("bits_assign", qu.assign)):
+                if param is not None:
+                    cfg[name] = suggest(trial, name, param)
         return cfg
 
     @property
@@ -355,7 +366,7 @@ def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
     p = _mapping("compress.prune", c.get("prune") or {},
                  ("method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual"))
     q = _mapping("compress.quantize", c.get("quantize") or {},
-                 ("bits", "per_channel", "symmetric", "mode", "qat_epochs"))
+                 ("bits", "per_channel", "symmetric", "mode", "qat_epochs", "bits_first", "bits_last", "assign"))
     boolean = (lambda v: isinstance(v, bool), "must be true or false")
     method = _param("compress.prune.method", p.get("method", "none" if not p else "magnitude"),
                     lambda v: v in PRUNE_METHODS, f"must be one of {', '.join(PRUNE_METHODS)}")
@@ -408,7 +419,28 @@ def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
     if "qat_epochs" in q and "qat" not in modes:
         raise SpecError("compress.quantize.qat_epochs", "is only used when mode is qat", q["qat_epochs"],
                         "set mode: qat or remove qat_epochs")
-    return prune, quant
+    return prune, _parse_mixed(q, quant)
+
+
+def _parse_mixed(q: dict, quant: Quantize) -> Quantize:
+    """``bits_first``, ``bits_last`` (2..8) and ``assign`` of ``compress.quantize`` (mixed precision)."""
+    found: dict[str, Param] = {}
+    for key in ("bits_first", "bits_last"):
+        if key in q:
+            width = _param(f"compress.quantize.{key}", q[key], lambda v: _is_int(v) and 2 <= v <= 8,
+                           f"{key} must be an integer in 2..8", True)
+            found[key] = width
+    if "assign" in q:
+        found["assign"] = _param("compress.quantize.assign", q["assign"], lambda v: v in BITS_ASSIGN,
+                                 f"must be one of {', '.join(BITS_ASSIGN)}")
+    bits = quant.bits
+    can_quantize = not (isinstance(bits, Fixed) and bits.value == 32) and not (
+        isinstance(bits, Choice) and set(bits.values) == {32})
+    for key in found:
+        if not can_quantize:
+            raise SpecError(f"compress.quantize.{key}", "is only used when bits < 32", q[key],
+                            f"set bits to 2..8 or remove {key}")
+    return replace(quant, **found)
 
 
 def _parse_early_stop(raw: Any) -> "EarlyStop | None":

@@ -13,11 +13,12 @@ from spaces import Spec
 
 #: Parameters that always have a column, in this order, after the spec's own space.
 COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual", "bits",
-                   "per_channel", "symmetric", "quant_mode", "qat_epochs"]
+                   "per_channel", "symmetric", "quant_mode", "qat_epochs", "bits_first", "bits_last", "bits_assign"]
 
 #: Columns a finished trial's row takes from its final report.
 RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
-               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact")
+               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact",
+               "layer_bits", "avg_bits")
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:

@@ -21,13 +21,13 @@ STUDY = "study.db"
 METRIC_COLUMNS = [
     "accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss",
     "size_bytes", "dense_bytes", "compression_ratio", "params", "nonzero_params",
-    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact", "parent",
+    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact", "parent", "layer_bits", "avg_bits",
 ]
 #: Columns of whole numbers: nullable integers (``Int64``) in :func:`load_results`, so that a
 #: missing value (a failed or stopped trial) does not turn the column into floats.
 INT_COLUMNS = ("trial_number", "seed", "size_bytes", "dense_bytes", "params", "nonzero_params", "parent",
                "predicted_size_bytes", "epochs", "batch_size", "depth", "width", "finetune_epochs", "bits",
-               "qat_epochs")
+               "qat_epochs", "bits_first", "bits_last")
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
