@@ -3,9 +3,9 @@
 A layer's sensitivity at ``k`` bits is the mean squared error of the model's outputs on a
 calibration batch when only that layer's weight is quantized to ``k`` bits (as
 `AffineQuantize` with the config's other fields would), against the unquantized outputs.
-`assign_bits` starts every layer at the smallest width and, greedily, raises the layer whose
-raise buys the most error reduction per extra bit, while the average width (weighted by each
-layer's non-zero weights, the codes the artifact stores) stays within the budget.  Forward
+`assign_bits` then picks the widths with the least summed error whose average (weighted by each
+layer's number of weights, i.e. bits per weight) stays within the budget: an exact
+multiple-choice knapsack (dynamic programming over the bits spent).  Forward
 passes only, in eval mode, no random numbers: the same model and batch give the same widths.
 """
 
@@ -16,6 +16,7 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, TypeVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -64,7 +65,9 @@ def stored_widths(model: nn.Module) -> dict[str, int | None]:
 
 
 def average_bits(model: nn.Module, widths: Mapping[str, int]) -> float:
-    """Mean of ``widths`` over the layers' non-zero weights (NaN for a model with none)."""
+    """Mean of ``widths`` over all the layers' weights: bits per weight (NaN for a model with none).
+    Pruned zeros count like other weights (a sparse layout stores codes for non-zeros only, so
+    for a pruned model this overstates the bits stored)."""
     counts = _counts(model)
     total = sum(counts.values())
     return sum(counts[n] * widths[n] for n in counts) / total if total else math.nan
@@ -74,7 +77,7 @@ def assign_bits(model: nn.Module, config: Q, x: torch.Tensor, *, budget: float |
                 choices: Iterable[int] = WIDTHS) -> Q:
     """``config`` with ``layer_bits`` chosen for ``model`` from each layer's sensitivity on ``x``.
 
-    budget:  the largest average width (weighted by non-zero weights); default: the average
+    budget:  the largest average width (`average_bits`: bits per weight); default: the average
              of the widths ``config`` itself gives (same bytes, placed by sensitivity).
     choices: the widths a layer may get (2..8).
     Every layer is assigned (``bits_first``/``bits_last`` are cleared); the result is a plain
@@ -89,28 +92,55 @@ def assign_bits(model: nn.Module, config: Q, x: torch.Tensor, *, budget: float |
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not widths[0] <= budget or budget != budget:
         raise ValueError(f"`budget >= {widths[0]}` (the smallest of `choices`) must hold, but got budget={budget!r}")
     error = layer_sensitivity(model, config, x, widths)
-    width = {n: widths[0] for n in counts}
-    allowed = budget * sum(counts.values()) + 1e-6
-    spent = sum(counts[n] * width[n] for n in counts)
-    while True:
-        best, best_ratio = None, 0.0
-        for name in counts:  # module order; the first of equal ratios wins
-            for k in widths:
-                extra = counts[name] * (k - width[name])
-                gain = error[name][width[name]] - error[name][k]
-                if k <= width[name] or spent + extra > allowed or gain <= 0 or extra == 0:
-                    continue
-                if gain / extra > best_ratio:
-                    best, best_ratio = (name, k, extra), gain / extra
-        if best is None:
-            break
-        name, k, extra = best
-        width[name], spent = k, spent + extra
+    width = _knapsack(counts, error, widths, budget)
     return dataclasses.replace(config, bits_first=None, bits_last=None, layer_bits=tuple(width.items()))
 
 
+#: Most cost units the search keeps (the budget's bits); larger models count bits in coarser units.
+_MAX_UNITS = 1 << 20
+
+
+def _knapsack(counts: dict[str, int], error: dict[str, dict[int, float]], widths: list[int],
+              budget: float) -> dict[str, int]:
+    """The widths with the least summed error whose bits (count x width) fit ``budget x total``:
+    an exact multiple-choice knapsack by dynamic programming over the bits spent.  Costs are
+    counted in units of the counts' common divisor (exact), or coarser for large models, each
+    rounded up, so the budget is never exceeded; ties go to the smaller widths."""
+    names = list(counts)
+    total = sum(counts.values())
+    if total == 0:
+        return {n: widths[0] for n in names}
+    capacity_bits = math.floor(budget * total + 1e-6)
+    unit = max(math.gcd(*counts.values()), -(-capacity_bits // _MAX_UNITS))
+    capacity = capacity_bits // unit
+    inf = float("inf")
+    best = np.full(capacity + 1, inf)
+    best[0] = 0.0  # best[c]: least error of the layers so far spending exactly c units
+    choice = np.zeros((len(names), capacity + 1), dtype=np.int8)
+    for i, name in enumerate(names):
+        new = np.full(capacity + 1, inf)
+        for j, k in enumerate(widths):
+            cost = -(-counts[name] * k // unit)
+            if cost > capacity:
+                break
+            cand = np.full(capacity + 1, inf)
+            cand[cost:] = best[: capacity + 1 - cost] + error[name][k]
+            better = cand < new
+            new[better], choice[i][better] = cand[better], j
+        best = new
+    c = int(np.argmin(best))  # the least error; among equal errors the fewest units
+    if not math.isfinite(best[c]):  # only where coarse units rounded the smallest widths over the budget
+        return {n: widths[0] for n in names}
+    out = {}
+    for i in reversed(range(len(names))):
+        k = widths[int(choice[i][c])]
+        out[names[i]] = k
+        c -= -(-counts[names[i]] * k // unit)
+    return dict(reversed(out.items()))
+
+
 def _counts(model: nn.Module) -> dict[str, int]:
-    return {n: int(torch.count_nonzero(m.weight.detach())) for n, m in prunable_modules(model)}
+    return {n: m.weight.numel() for n, m in prunable_modules(model)}
 
 
 def _choices(choices: Iterable[int]) -> list[int]:

@@ -128,7 +128,7 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
 
 def layer_widths(model: nn.Module) -> tuple[str | None, float | None]:
     """(``layer_bits``, ``avg_bits``) of a row: each Linear/Conv layer's stored width in layer
-    order (``"8,4,4,8"``; 32 for a layer left in floats), and their mean over non-zero weights;
+    order (``"8,4,4,8"``; 32 for a layer left in floats), and their mean over the weights;
     (None, None) for a model with no quantized layer."""
     stored = compress.stored_widths(model)
     if all(w is None for w in stored.values()):

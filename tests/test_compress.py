@@ -1171,3 +1171,22 @@ def test_sensitivity_is_the_output_error_of_quantizing_that_layer_alone() -> Non
     assert sens[name][3] == pytest.approx(expected, rel=0.2)
     for errors in sens.values():
         assert errors[8] < errors[2]
+
+
+def test_assignment_is_the_least_summed_sensitivity_within_the_budget() -> None:
+    # Oracle: every combination of widths (4 layers, 4 choices) against the knapsack's answer.
+    import itertools
+
+    model, x = _trained_mlp(3)
+    model = nn.Sequential(*model, nn.ReLU(), nn.Linear(3, 3))
+    names = _layers(model)
+    choices = (2, 3, 5, 8)
+    sens = compress.layer_sensitivity(model, AffineQuantize(bits=4), x[:32], choices)
+    for budget in (2.5, 3.4, 4.0, 6.0):
+        got = dict(compress.assign_bits(model, AffineQuantize(bits=4), x[:32], budget=budget,
+                                        choices=choices).layer_bits)
+        fits = [dict(zip(names, ws)) for ws in itertools.product(choices, repeat=len(names))
+                if compress.average_bits(model, dict(zip(names, ws))) <= budget + 1e-9]
+        best = min(sum(sens[n][w[n]] for n in names) for w in fits)
+        assert sum(sens[n][got[n]] for n in names) == pytest.approx(best, rel=1e-9)
+        assert compress.average_bits(model, got) <= budget + 1e-9
