@@ -1,7 +1,7 @@
 """Mixed-precision benchmark: uniform bit widths against first/last layer apart and against the
 sensitivity assignment at the same average width, on one trained model per seed.
 
-    python benchmarks/mixed_precision.py                 # mnist1d CNN, 3 seeds, PTQ (about 2-3 min)
+    python benchmarks/mixed_precision.py                 # mnist1d CNN, 3 seeds, PTQ (about 1.5 min)
     python benchmarks/mixed_precision.py --qat 2         # QAT fine-tuning (2 epochs) before quantizing
     python benchmarks/mixed_precision.py --dataset digits --model mlp --seeds 5 --epochs 30
 
@@ -14,10 +14,12 @@ length is the size).  Arms, for each rest width k:
   sens=uniform-k   widths placed by sensitivity, average <= that of uniform-k (same bytes)
   sens=first/last8-k  the same at the average of first/last8-k
 
-Sensitivity: output error on 256 training rows when only that layer is quantized
+Sensitivity: KL divergence of the class probabilities on 256 training rows when only that
+layer is quantized; the widths with the least summed sensitivity within the budget
 (`compress.assign_bits`).  Test accuracy is on the held-out test split; avg_bits is the mean
-width over all weights (bits per weight).  Writes benchmarks/results/mixed_precision.csv (one row per seed
-and arm) and prints median [min, max] over seeds.
+width over all weights (bits per weight).  Writes
+benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv (one row per seed and arm)
+and prints median [min, max] over seeds.
 """
 
 from __future__ import annotations
@@ -58,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="cnn", choices=("cnn", "mlp"))
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rest", type=int, nargs="+", default=[2, 3, 4], help="widths of the other layers")
     p.add_argument("--qat", type=int, default=0, help="QAT epochs before quantizing (0: PTQ)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mixed_precision.csv"))
+    p.add_argument("--out", help="CSV path (default: benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv)")
     args = p.parse_args(argv)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" /
+                               f"mixed_precision_{args.dataset}_{args.model}_{'qat' if args.qat else 'ptq'}.csv")
     torch.set_num_threads(args.threads)
     spec = parse_spec({"name": "mixed", "task": {"dataset": args.dataset, "model": args.model}})
     data = load_data(spec.task)

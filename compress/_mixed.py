@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Iterable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -31,15 +31,28 @@ from ._quantize import (
     quantize,
 )
 
-__all__ = ["assign_bits", "average_bits", "layer_sensitivity", "stored_widths"]
+__all__ = ["assign_bits", "average_bits", "layer_sensitivity", "output_kl", "output_mse", "stored_widths"]
 
 Q = TypeVar("Q", AffineQuantize, FakeQuantize)
 WIDTHS = tuple(range(2, 9))
 
 
+def output_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean squared difference of the outputs (the default error)."""
+    return float((out.float() - ref.float()).pow(2).mean())
+
+
+def output_kl(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """KL(softmax(ref) || softmax(out)), averaged over the rows: for classifiers' logits."""
+    return float(torch.nn.functional.kl_div(out.float().log_softmax(-1), ref.float().log_softmax(-1),
+                                            log_target=True, reduction="batchmean"))
+
+
 def layer_sensitivity(model: nn.Module, config: AffineQuantize | FakeQuantize, x: torch.Tensor,
-                      choices: Iterable[int] = WIDTHS) -> dict[str, dict[int, float]]:
-    """``{layer: {width: output MSE}}``: the error on ``x`` when only that layer is quantized."""
+                      choices: Iterable[int] = WIDTHS, error: Callable[[torch.Tensor, torch.Tensor], float] = output_mse,
+                      ) -> dict[str, dict[int, float]]:
+    """``{layer: {width: error}}``: ``error(outputs, unquantized outputs)`` on ``x`` when only that
+    layer is quantized (default: `output_mse`; `output_kl` for classifiers)."""
     widths = _choices(choices)
     if is_fake_quantized(model):
         raise ValueError("the model has FakeQuantize (QAT) parametrizations; measure sensitivity before QAT")
@@ -53,7 +66,7 @@ def layer_sensitivity(model: nn.Module, config: AffineQuantize | FakeQuantize, x
             for k in widths:
                 qp = choose_qparams(w, k, config.per_channel, config.symmetric, config.fp16)
                 module.weight.copy_(dequantize(quantize(w, qp), qp))
-                out[name][k] = float((model(x).float() - ref).pow(2).mean())
+                out[name][k] = float(error(model(x), ref))
             module.weight.copy_(w)
     return out
 
@@ -74,12 +87,14 @@ def average_bits(model: nn.Module, widths: Mapping[str, int]) -> float:
 
 
 def assign_bits(model: nn.Module, config: Q, x: torch.Tensor, *, budget: float | None = None,
-                choices: Iterable[int] = WIDTHS) -> Q:
+                choices: Iterable[int] = WIDTHS,
+                error: Callable[[torch.Tensor, torch.Tensor], float] = output_mse) -> Q:
     """``config`` with ``layer_bits`` chosen for ``model`` from each layer's sensitivity on ``x``.
 
     budget:  the largest average width (`average_bits`: bits per weight); default: the average
              of the widths ``config`` itself gives (same bytes, placed by sensitivity).
     choices: the widths a layer may get (2..8).
+    error:   ``error(outputs, unquantized outputs) -> float`` (see `layer_sensitivity`).
     Every layer is assigned (``bits_first``/``bits_last`` are cleared); the result is a plain
     config, so it round-trips through JSON and `compress` applies it without ``x``.
     """
@@ -91,8 +106,7 @@ def assign_bits(model: nn.Module, config: Q, x: torch.Tensor, *, budget: float |
         budget = average_bits(model, config.widths(model))
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not widths[0] <= budget or budget != budget:
         raise ValueError(f"`budget >= {widths[0]}` (the smallest of `choices`) must hold, but got budget={budget!r}")
-    error = layer_sensitivity(model, config, x, widths)
-    width = _knapsack(counts, error, widths, budget)
+    width = _knapsack(counts, layer_sensitivity(model, config, x, widths, error), widths, budget)
     return dataclasses.replace(config, bits_first=None, bits_last=None, layer_bits=tuple(width.items()))
 
 

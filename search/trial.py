@@ -111,9 +111,11 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
             train(model, data, epochs=ft, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
                   **{**train_args, "seed": seed + 1})
     if quant and _given(config, "bits_assign", "manual") == "sensitivity":
-        # The same average width, placed by each layer's output error on a calibration batch.
+        # The same average width, placed by each layer's output error on a calibration batch
+        # (KL divergence of the class probabilities for classifiers, MSE for regression).
         calib = torch.from_numpy(np.array(data.x_train[:256], dtype=np.float32))
-        quant = [compress.assign_bits(model, quant[0], calib)]
+        error = compress.output_kl if data.kind == "classification" else compress.output_mse
+        quant = [compress.assign_bits(model, quant[0], calib, error=error)]
         qat = [compress.FakeQuantize(**vars(quant[0]))] if qat else []
     if qat:
         masks = compress.sparsity_masks(model)
