@@ -16,7 +16,9 @@ model it describes is bounded (`max_params`), and a ``module:function`` model
 is imported only with ``trust_code=True`` or ``builders={"mod:fn": fn}``.
 
 Methods: `MagnitudePrune`, `StructuredPrune`, `AffineQuantize` (PTQ) and
-`FakeQuantize` (QAT, finished by `AffineQuantize`).  Fine-tuning helpers:
+`FakeQuantize` (QAT, finished by `AffineQuantize`); per-layer widths through their
+``bits_first``/``bits_last``/``layer_bits``, or chosen by `assign_bits` from each layer's
+sensitivity within an average-bits budget.  Fine-tuning helpers:
 `sparsity_masks`/`apply_masks_`, `gradual_pruning` (cubic schedule).  `summary`
 reports sizes, MACs and latency; `to_int8` runs Linear layers on int8 kernels.
 
@@ -28,6 +30,7 @@ from ._artifact import dense_bytes, save
 from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
 from ._int8 import Int8Linear, to_int8
+from ._mixed import assign_bits, average_bits, layer_sensitivity, output_kl, output_mse, stored_widths
 from ._models import build_model, prunable_modules, recipe_of
 from ._prune import (
     MagnitudePrune,
@@ -49,6 +52,8 @@ __all__ = [
     "QParams",
     "applied_configs",
     "apply_masks_",
+    "assign_bits",
+    "average_bits",
     "build_model",
     "compress",
     "config_from_json",
@@ -60,7 +65,10 @@ __all__ = [
     "gradual_pruning",
     "Int8Linear",
     "latency_ms",
+    "layer_sensitivity",
     "load",
+    "output_kl",
+    "output_mse",
     "prunable_modules",
     "read_manifest",
     "recipe_of",
@@ -68,6 +76,7 @@ __all__ = [
     "save",
     "sparsity_masks",
     "StructuredPrune",
+    "stored_widths",
     "summary",
     "to_int8",
     "UntrustedCodeError",

@@ -22,13 +22,13 @@ the weights (and biases) the last QAT forward pass used.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ._config import register
+from ._config import closest, register
 from ._models import prunable_modules
 
 __all__ = ["AffineQuantize", "FakeQuantize", "QParams", "choose_qparams", "quantize", "dequantize"]
@@ -40,21 +40,52 @@ QPARAMS_ATTR = "weight_qparams"
 class _QuantFields:
     """The fields AffineQuantize and FakeQuantize share, validated once."""
 
-    VERSION: ClassVar[int] = 2
-    #: Fields a JSON of an older version lacks, with the value they had then.
-    UPGRADES: ClassVar[dict[int, dict[str, object]]] = {1: {"fp16": False}}
+    VERSION: ClassVar[int] = 3
+    #: Fields a JSON of an older version lacks, with the value they had then
+    #: (version 2 had no per-layer widths: their defaults mean one width for all).
+    UPGRADES: ClassVar[dict[int, dict[str, object]]] = {1: {"fp16": False}, 2: {}}
     bits: int = 8
     per_channel: bool = True
     symmetric: bool = False
     fp16: bool = True
+    bits_first: int | None = None
+    bits_last: int | None = None
+    layer_bits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_bits", _layer_bits_pairs(self.layer_bits))
         _check_quant_fields(self)
+
+    def widths(self, model: nn.Module) -> dict[str, int]:
+        """The bit width of each Linear/Conv layer of ``model`` (by module name, in module
+        order): ``layer_bits`` where it names the layer, else ``bits_last`` for the last
+        layer, ``bits_first`` for the first, ``bits`` for the rest."""
+        names = [n for n, _ in prunable_modules(model)]
+        given = dict(self.layer_bits)
+        for name in given:
+            if name not in names:
+                raise ValueError(
+                    f"`layer_bits` names {name!r}, which is not a Linear/Conv layer of the model; "
+                    f"its layers are {names}.{closest(name, names)}"
+                )
+        out = {n: self.bits for n in names}
+        if names and self.bits_first is not None:
+            out[names[0]] = self.bits_first
+        if names and self.bits_last is not None:
+            out[names[-1]] = self.bits_last
+        out.update(given)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
 class AffineQuantize(_QuantFields):
     """Quantize every Linear/Conv1d/Conv2d weight to ``bits`` (2..8) bits.
+
+    Mixed precision: ``bits_first``/``bits_last`` (2..8) set the first and last
+    layer's width, ``layer_bits`` (``{module name: width}``, kept as ``(name, width)``
+    pairs in the order given) any layer's; see `widths`.  `compress.assign_bits` chooses
+    ``layer_bits`` from each layer's sensitivity within an average-bits budget.
+    The artifact stores each layer's width with its codes.
 
     per_channel: one scale/zero-point per output channel (else one per tensor).
     symmetric:   B = 2**(bits-1), Q = max|w| / (2**(bits-1) - 1); otherwise Q and
@@ -83,15 +114,42 @@ class FakeQuantize(_QuantFields):
     """
 
 
-def _check_quant_fields(config: _QuantFields) -> None:
-    name = type(config).__name__
-    if isinstance(config.bits, bool) or not isinstance(config.bits, int):
-        raise TypeError(f"`bits` must be an int, but got bits={config.bits!r}")
-    if not 2 <= config.bits <= 8:
+def _layer_bits_pairs(raw: Any) -> tuple[tuple[str, int], ...]:
+    """``layer_bits`` as ``((name, width), ...)`` from a mapping or pairs (JSON gives lists)."""
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    try:
+        pairs = tuple((name, width) for name, width in items)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`layer_bits` must map layer names to widths, e.g. {{'net.0': 8}}, but got layer_bits={raw!r}"
+        ) from None
+    names = [name for name, _ in pairs]
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"`layer_bits` keys must be module names (str), but got {name!r} in layer_bits={raw!r}")
+        if names.count(name) > 1:
+            raise ValueError(f"`layer_bits` names each layer once, but {name!r} appears {names.count(name)} times")
+    return pairs
+
+
+def _check_width(field: str, value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{field}` must be an int, but got {field}={value!r}")
+    if not 2 <= value <= 8:
         raise ValueError(
-            f"`2 <= bits <= 8` must hold, but got bits={config.bits}; for fp32 weights "
+            f"`2 <= {field} <= 8` must hold, but got {field}={value}; for fp32 weights "
             f"leave {name} out"
         )
+
+
+def _check_quant_fields(config: _QuantFields) -> None:
+    name = type(config).__name__
+    _check_width("bits", config.bits, name)
+    for field in ("bits_first", "bits_last"):
+        if getattr(config, field) is not None:
+            _check_width(field, getattr(config, field), name)
+    for layer, width in config.layer_bits:
+        _check_width(f"layer_bits[{layer!r}]", width, name)
     for field in ("per_channel", "symmetric", "fp16"):
         if not isinstance(getattr(config, field), bool):
             raise TypeError(f"`{field}` must be a bool, but got {field}={getattr(config, field)!r}")
@@ -198,10 +256,11 @@ class _FakeHalf(nn.Module):
 
 @register(FakeQuantize)
 def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
-    for _, module in prunable_modules(model):
+    widths = config.widths(model)
+    for name, module in prunable_modules(model):
         _remove_fake_quant(module)
         parametrize.register_parametrization(
-            module, "weight", _FakeQuant(config.bits, config.per_channel, config.symmetric, config.fp16)
+            module, "weight", _FakeQuant(widths[name], config.per_channel, config.symmetric, config.fp16)
         )
         if config.fp16 and isinstance(module.bias, nn.Parameter) and module.bias.dtype == torch.float32:
             parametrize.register_parametrization(module, "bias", _FakeHalf())
@@ -239,10 +298,11 @@ def is_fake_quantized(model: nn.Module) -> bool:
 
 @register(AffineQuantize)
 def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
-    for _, module in prunable_modules(model):
+    widths = config.widths(model)
+    for name, module in prunable_modules(model):
         _remove_fake_quant(module)
         w = module.weight
-        qp = choose_qparams(w, config.bits, config.per_channel, config.symmetric, config.fp16)
+        qp = choose_qparams(w, widths[name], config.per_channel, config.symmetric, config.fp16)
         with torch.no_grad():
             w.copy_(dequantize(quantize(w, qp), qp))
         if config.fp16 and module.bias is not None and module.bias.dtype == torch.float32:

@@ -94,7 +94,8 @@ def compression_configs(config: dict[str, Any], methods: Iterable[MethodKeys] | 
 
 def _fields(method: MethodKeys, config: dict[str, Any]) -> dict[str, Any]:
     """The config fields the method's keys with a ``field`` give (declared defaults where not drawn)."""
-    return {k.field: k.cast(_given(config, method, k.name)) for k in method.keys if k.field}
+    given = ((k, _given(config, method, k.name)) for k in method.keys if k.field)
+    return {k.field: k.cast(v) for k, v in given if v is not None}  # None: the config's own default
 
 
 def _declared_config(method: MethodKeys, config: dict[str, Any]) -> Any:
@@ -152,6 +153,13 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     if declared:
         model = compress.compress(model, *declared)
         quant = quant[len(declared):]
+    if quant and _given(config, QUANTIZE, "assign") == "sensitivity":
+        # The same average width, placed by each layer's output error on a calibration batch
+        # (KL divergence of the class probabilities for classifiers, MSE for regression).
+        calib = torch.from_numpy(np.array(data.x_train[:256], dtype=np.float32))
+        error = compress.output_kl if data.kind == "classification" else compress.output_mse
+        quant = [compress.assign_bits(model, quant[0], calib, error=error)]
+        qat = [compress.FakeQuantize(**vars(quant[0]))] if qat else []
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
@@ -161,6 +169,17 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     if quant:
         model = compress.compress(model, *quant)
     return model, [*prune, *qat, *quant]
+
+
+def layer_widths(model: nn.Module) -> tuple[str | None, float | None]:
+    """(``layer_bits``, ``avg_bits``) of a row: each Linear/Conv layer's stored width in layer
+    order (``"8,4,4,8"``; 32 for a layer left in floats), and their mean over the weights;
+    (None, None) for a model with no quantized layer."""
+    stored = compress.stored_widths(model)
+    if all(w is None for w in stored.values()):
+        return None, None
+    widths = {n: 32 if w is None else w for n, w in stored.items()}
+    return ",".join(str(w) for w in widths.values()), compress.average_bits(model, widths)
 
 
 def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
@@ -189,6 +208,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
         "nonzero_params": nonzero,
         "latency_ms": compress.latency_ms(model, data.input_shape),
         "artifact": str(rel),
+        **dict(zip(("layer_bits", "avg_bits"), layer_widths(model))),
     }
 
 

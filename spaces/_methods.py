@@ -183,6 +183,13 @@ QUANTIZE = MethodKeys("quantize", (
     Key("mode", "choice", "ptq", values=("ptq", "qat"), column="quant_mode", when=(_QUANTIZED,)),
     Key("qat_epochs", "int", 1, low=1, when=(When("quant_mode", among=("qat",)),),
         rule="must be an integer >= 1 (mode: ptq for none)"),
+    # mixed precision: the first/last layer's width instead of `bits` (drawn when written)
+    Key("bits_first", "int", None, low=QUANT_BITS[0], high=QUANT_BITS[1], when=(_QUANTIZED,), field="bits_first",
+        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}"),
+    Key("bits_last", "int", None, low=QUANT_BITS[0], high=QUANT_BITS[1], when=(_QUANTIZED,), field="bits_last",
+        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}"),
+    # manual: widths as written; sensitivity: the same average width placed by each layer's sensitivity
+    Key("assign", "choice", None, values=("manual", "sensitivity"), column="bits_assign", when=(_QUANTIZED,)),
 ), doc="affine k-bit quantization, post-training (ptq) or quantization-aware (qat)")
 
 #: Every declared method, in the order its keys are drawn and its columns appear.
@@ -236,6 +243,12 @@ def _check_applies(method: MethodKeys, k: Key, values: dict[str, Param | None], 
     path = f"compress.{method.name}.{k.name}"
     where: dict[str, set] = {}
     for w in k.when:
+        if w.checked and not w.among and (w.below is not None or w.above is not None):
+            bound = _possible(method, w.column, values)
+            if bound is not None and not any(w.holds({w.column: v}) for v in bound):
+                name = next(x.name for x in method.keys if x.col == w.column)
+                rel = f"< {w.below:g}" if w.below is not None else f"> {w.above:g}"
+                raise SpecError(path, f"is only used when {name} {rel}", raw, f"set {name} {rel} or remove {k.name}")
         possible = _possible(method, w.column, values) if w.checked and w.among else None
         if possible is None:
             continue

@@ -63,6 +63,7 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("nonzero_params", "min", "parameters that are not zero", whole=True),
     Metric("latency_ms", "min", "CPU latency at batch size 1"),
     Metric("train_seconds", "min", "training + compression time of the trial", objective=False),
+    Metric("avg_bits", "min", "mean stored bit width over the weights (empty: nothing quantized)", objective=False),
 )}
 
 #: The metrics a spec may name (objectives, constraints), with the direction that is better.

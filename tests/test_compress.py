@@ -89,6 +89,14 @@ METHODS = {
     # fp32 scales and biases (fp16=False), as before artifact format 3.
     "quant4_fp32": (AffineQuantize(bits=4, fp16=False),),
     "qat4_fp32": (FakeQuantize(bits=4, fp16=False), AffineQuantize(bits=4, fp16=False)),
+    # Mixed precision: first and last layer apart from the rest.
+    "quant4_first8_last3": (AffineQuantize(bits=4, bits_first=8, bits_last=3),),
+    "prune_then_quant2_first6_last8_tensor": (
+        MagnitudePrune(sparsity=0.7),
+        AffineQuantize(bits=2, bits_first=6, bits_last=8, per_channel=False),
+    ),
+    "qat3_first8_last6": (FakeQuantize(bits=3, bits_first=8, bits_last=6),
+                          AffineQuantize(bits=3, bits_first=8, bits_last=6)),
 }
 # What `compress.load` may call for the hook recipes above (it imports nothing itself).
 BUILDERS = {"tests.user_models:residual_mlp": user_models.residual_mlp}
@@ -176,9 +184,9 @@ def test_version_1_quantize_json_means_fp32_scales(cls: type) -> None:
     # Written before `fp16` existed (scales and biases were fp32): read back as fp16=False.
     old = {"_type": cls.__name__, "_version": 1, "_data": {"bits": 4, "per_channel": True, "symmetric": False}}
     assert compress.config_from_json(old) == cls(bits=4, fp16=False)
-    assert cls(bits=4).fp16 and compress.config_to_json(cls(bits=4))["_version"] == 2
-    with pytest.raises(ValueError, match="reads version 2 or 1"):
-        compress.config_from_json({**old, "_version": 3})
+    assert cls(bits=4).fp16 and compress.config_to_json(cls(bits=4))["_version"] == 3
+    with pytest.raises(ValueError, match="reads version 3 or 1 or 2"):
+        compress.config_from_json({**old, "_version": 4})
 
 
 # ------------------------------------------------------------------- artifact
@@ -1037,3 +1045,158 @@ compress.save(m, {str(tmp_path / 'child.slim')!r})
     digest = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest()
               for f in ("child.slim", "parent.slim")]
     assert digest[0] == digest[1]
+
+
+# ------------------------------------------------------------ mixed precision
+
+
+def _layers(model: nn.Module) -> list[str]:
+    return [n for n, _ in compress.prunable_modules(model)]
+
+
+@pytest.mark.parametrize("qat", [False, True], ids=["ptq", "qat"])
+@pytest.mark.parametrize("model_key", sorted(MODELS))
+def test_per_layer_widths_round_trip_exactly(model_key: str, qat: bool, tmp_path: Path) -> None:
+    recipe, model, x = make(model_key)
+    names = _layers(model)
+    layer_bits = {names[1]: 5} if len(names) > 2 else {}
+    fields = dict(bits=3, bits_first=8, bits_last=6, layer_bits=layer_bits)
+    configs = (FakeQuantize(**fields), AffineQuantize(**fields)) if qat else (AffineQuantize(**fields),)
+    small = compress.compress(model, *configs)
+    want = {n: 8 if i == 0 else 6 if i == len(names) - 1 else 3 for i, n in enumerate(names)} | layer_bits
+    assert configs[-1].widths(model) == want
+    assert {n: m.weight_qparams.bits for n, m in compress.prunable_modules(small)} == want
+    compress.save(small, tmp_path / "m.slim", recipe=recipe)
+    loaded = compress.load(tmp_path / "m.slim", builders=BUILDERS)
+    assert {n: m.weight_qparams.bits for n, m in compress.prunable_modules(loaded)} == want
+    entries = stored(tmp_path / "m.slim", loaded)
+    assert {n: entries[f"{n}.weight"]["bits"] for n in names} == want  # the file holds each width
+    assert torch.equal(outputs(loaded, x), outputs(small, x))
+    for m in compress.prunable_modules(loaded):
+        assert len(torch.unique(m[1].weight[0])) <= 2 ** m[1].weight_qparams.bits
+
+
+def test_width_precedence_and_config_json() -> None:
+    _, model, _ = make("cnn1d")
+    names = _layers(model)
+    assert AffineQuantize(bits=4).widths(model) == dict.fromkeys(names, 4)
+    cfg = AffineQuantize(bits=4, bits_first=8, bits_last=2, layer_bits={names[-1]: 7})
+    assert cfg.widths(model) == {names[0]: 8, **dict.fromkeys(names[1:-1], 4), names[-1]: 7}
+    assert cfg.layer_bits == ((names[-1], 7),) and isinstance(hash(cfg), int)  # a frozen, hashable value
+    again = compress.config_from_json(json.loads(json.dumps(compress.config_to_json(cfg))))
+    assert again == cfg and again.widths(model) == cfg.widths(model)
+    one = nn.Sequential(nn.Linear(4, 2))
+    assert AffineQuantize(bits=4, bits_first=8, bits_last=3).widths(one) == {"0": 3}  # last wins
+    # Version 2 (before per-layer widths) reads as one width for all layers.
+    v2 = {"_type": "AffineQuantize", "_version": 2, "_data": {"bits": 4, "per_channel": True,
+                                                              "symmetric": False, "fp16": True}}
+    assert compress.config_from_json(v2) == AffineQuantize(bits=4)
+
+
+@pytest.mark.parametrize(
+    "make_config, error, words",
+    [
+        (lambda: AffineQuantize(bits=4, bits_first=9), ValueError, "bits_first=9"),
+        (lambda: AffineQuantize(bits=4, bits_last=1), ValueError, "bits_last=1"),
+        (lambda: FakeQuantize(bits=4, bits_last=4.0), TypeError, "bits_last=4.0"),
+        (lambda: AffineQuantize(bits=4, bits_first=True), TypeError, "bits_first=True"),
+        (lambda: AffineQuantize(layer_bits={"0": 16}), ValueError, "layer_bits['0']=16"),
+        (lambda: AffineQuantize(layer_bits={"0": "8"}), TypeError, "layer_bits['0']='8'"),
+        (lambda: AffineQuantize(layer_bits={0: 8}), TypeError, "module names"),
+        (lambda: AffineQuantize(layer_bits=[("0", 8), ("0", 4)]), ValueError, "appears 2 times"),
+        (lambda: AffineQuantize(layer_bits=8), TypeError, "layer_bits=8"),
+    ],
+)
+def test_bad_widths_raise_naming_the_field(make_config, error: type, words: str) -> None:
+    with pytest.raises(error, match=re.escape(words)):
+        make_config()
+
+
+def test_layer_bits_of_an_unknown_layer_is_refused_naming_the_layers() -> None:
+    _, model, x = make("mlp")
+    with pytest.raises(ValueError, match=r"'1\.weight', which is not a Linear/Conv layer.*'1'"):
+        compress.compress(model, AffineQuantize(layer_bits={"1.weight": 8}))
+    with pytest.raises(ValueError, match="budget >= 3"):
+        compress.assign_bits(model, AffineQuantize(bits=4), x, budget=2.5, choices=[3, 4])
+    with pytest.raises(ValueError, match="choices"):
+        compress.assign_bits(model, AffineQuantize(bits=4), x, choices=[1, 4])
+
+
+def _trained_mlp(seed: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = compress.build_model({"arch": "mlp", "input_shape": [16], "output_dim": 3, "depth": 2, "width": 24})
+    x = torch.randn(128, 16)
+    y = (x[:, :3] * torch.tensor([3.0, -2.0, 1.0])).argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x
+
+
+@pytest.mark.parametrize("budget", [2.0, 3.0, 4.0, 4.5, 6.25, 8.0])
+def test_sensitivity_assignment_respects_the_budget_and_is_deterministic(budget: float) -> None:
+    model, x = _trained_mlp(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = compress.assign_bits(model, AffineQuantize(bits=4), x[:32], budget=budget)
+    widths = dict(cfg.layer_bits)
+    assert list(widths) == _layers(model) and cfg.bits_first is None and cfg.bits_last is None
+    assert compress.average_bits(model, widths) <= budget + 1e-9
+    assert all(2 <= w <= 8 for w in widths.values())
+    assert compress.assign_bits(model, AffineQuantize(bits=4), x[:32], budget=budget) == cfg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # model untouched
+    if budget in (2.0, 8.0):  # nothing to choose
+        assert set(widths.values()) == {int(budget)}
+    small = compress.compress(model, cfg)
+    assert {n: m.weight_qparams.bits for n, m in compress.prunable_modules(small)} == widths
+
+
+def test_default_budget_is_the_configs_own_average_and_choices_are_kept() -> None:
+    model, x = _trained_mlp(1)
+    manual = AffineQuantize(bits=3, bits_first=8, bits_last=8)
+    auto = compress.assign_bits(model, manual, x[:32])
+    assert compress.average_bits(model, dict(auto.layer_bits)) <= compress.average_bits(model, manual.widths(model))
+    only = compress.assign_bits(model, manual, x[:32], budget=5.0, choices=(3, 6))
+    assert set(dict(only.layer_bits).values()) <= {3, 6}
+
+
+def test_sensitivity_is_the_output_error_of_quantizing_that_layer_alone() -> None:
+    model, x = _trained_mlp(2)
+    sens = compress.layer_sensitivity(model, AffineQuantize(bits=4), x[:32])
+    name = _layers(model)[1]
+    alone = compress.compress(model, AffineQuantize(bits=8, layer_bits={name: 3}))
+    # Every other layer at 8 bits changes the outputs a little: the oracle allows for it.
+    expected = float((outputs(alone, x[:32]) - outputs(model, x[:32])).pow(2).mean())
+    assert sens[name][3] == pytest.approx(expected, rel=0.2)
+    for errors in sens.values():
+        assert errors[8] < errors[2]
+
+
+def test_assignment_is_the_least_summed_sensitivity_within_the_budget() -> None:
+    # Oracle: every combination of widths (4 layers, 4 choices) against the knapsack's answer.
+    import itertools
+
+    model, x = _trained_mlp(3)
+    model = nn.Sequential(*model, nn.ReLU(), nn.Linear(3, 3))
+    names = _layers(model)
+    choices = (2, 3, 5, 8)
+    sens = compress.layer_sensitivity(model, AffineQuantize(bits=4), x[:32], choices)
+    for budget in (2.5, 3.4, 4.0, 6.0):
+        got = dict(compress.assign_bits(model, AffineQuantize(bits=4), x[:32], budget=budget,
+                                        choices=choices).layer_bits)
+        fits = [dict(zip(names, ws)) for ws in itertools.product(choices, repeat=len(names))
+                if compress.average_bits(model, dict(zip(names, ws))) <= budget + 1e-9]
+        best = min(sum(sens[n][w[n]] for n in names) for w in fits)
+        assert sum(sens[n][got[n]] for n in names) == pytest.approx(best, rel=1e-9)
+        assert compress.average_bits(model, got) <= budget + 1e-9
+
+
+def test_output_kl_is_zero_for_equal_logits_and_positive_otherwise() -> None:
+    ref = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    assert compress.output_kl(ref, ref) == pytest.approx(0.0, abs=1e-7)
+    assert compress.output_kl(ref + 3.0, ref) == pytest.approx(0.0, abs=1e-6)  # same probabilities
+    assert compress.output_kl(ref.flip(1), ref) > 0.01
+    model, x = _trained_mlp(4)
+    cfg = compress.assign_bits(model, AffineQuantize(bits=3), x[:32], error=compress.output_kl)
+    assert compress.average_bits(model, dict(cfg.layer_bits)) <= 3.0 + 1e-9

@@ -160,6 +160,19 @@ BAD_SPECS = [
     pytest.param(spec(task__target="label"), "task.target", "'label'", ".csv", id="target-on-builtin-dataset"),
     pytest.param(spec(task__dataset="data.npz", task__target="label"), "task.target", "'label'", ".csv",
                  id="target-on-npz-dataset"),
+    # mixed precision: per-layer widths in 2..8, the assignment by name, only with bits < 32
+    pytest.param(spec(compress=quant(bits=4, bits_first=9)), "compress.quantize.bits_first", "got 9", "2..8",
+                 id="bits-first-9"),
+    pytest.param(spec(compress=quant(bits=4, bits_last={"int": [2, 16]})), "compress.quantize.bits_last",
+                 "{int: [2, 16]}", "2..8", id="bits-last-range-beyond-8"),
+    pytest.param(spec(compress=quant(bits=4, bits_first=4.5)), "compress.quantize.bits_first", "got 4.5", None,
+                 id="bits-first-float"),
+    pytest.param(spec(compress=quant(bits_first=8)), "compress.quantize.bits_first", "got 8", "bits < 32",
+                 id="bits-first-without-quantization"),
+    pytest.param(spec(compress=quant(bits=4, assign="auto")), "compress.quantize.assign", "'auto'", "sensitivity",
+                 id="assign-unknown"),
+    pytest.param(spec(compress=quant(bits={"choice": [32]}, assign="sensitivity")), "compress.quantize.assign",
+                 "'sensitivity'", "bits < 32", id="assign-without-quantization"),
 ]
 
 
@@ -421,3 +434,24 @@ def test_import_spaces_is_lean():
 
 def test_import_compress_never_loads_ray_optuna_pandas():
     assert _loaded_after("compress", ("ray", "optuna", "pandas")) == []
+
+
+def test_mixed_precision_keys_are_drawn_only_when_quantized_and_set():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = parse_spec(spec(compress=quant(bits={"choice": [32, 4]}, bits_first={"choice": [6, 8]}, bits_last=8,
+                                       assign={"choice": ["manual", "sensitivity"]})))
+    assert {"quantize.bits_first", "quantize.assign"} <= set(s.searched)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        cfg = s.sample(trial)
+        mixed = {"bits_first", "bits_last", "bits_assign"}
+        assert (mixed <= set(cfg)) is (cfg["bits"] < 32) and (mixed & set(cfg) == set()) is (cfg["bits"] == 32)
+        if cfg["bits"] < 32:
+            assert cfg["bits_first"] in (6, 8) and cfg["bits_last"] == 8 and "bits_last" not in trial.params
+            seen.add(cfg["bits_assign"])
+        study.tell(trial, 0.0)
+    assert seen == {"manual", "sensitivity"}
+    plain = parse_spec(spec(compress=quant(bits=4)))  # not set: not drawn, rows as before
+    assert plain.quantize.bits_first is None and plain.quantize.assign is None

@@ -18,8 +18,8 @@ COMPRESS_PARAMS = ["epochs", *(column for method in METHODS.values() for column 
 
 def result_keys() -> list[str]:
     """Columns a finished trial's row takes from its final report: every declared metric
-    (``spaces.METRIC_TABLE``), then where it ran and its artifact."""
-    return [*result_columns(), "node", "artifact"]
+    (``spaces.METRIC_TABLE``), then where it ran, its artifact and each layer's stored width."""
+    return [*result_columns(), "node", "artifact", "layer_bits"]
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:

@@ -18,7 +18,7 @@ SWEEP = "sweep.json"
 STUDY = "study.db"
 
 #: Columns of a row besides the parameters and the metrics (``spaces.result_columns``).
-ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent"]
+ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent", "layer_bits"]
 
 
 def metric_columns() -> list[str]:
@@ -102,7 +102,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
     parameters           one column per sampled or fixed parameter, named as in the
                          spec: ``lr``, ``batch_size``, ``depth``, ``width``,
                          ``weight_decay``, ``epochs``, ``prune_method``, ``sparsity``,
-                         ``finetune_epochs``, ``bits``, ``per_channel``, ``symmetric``
+                         ``finetune_epochs``, ``bits``, ``per_channel``, ``symmetric``,
+                         ``bits_first``, ``bits_last``, ``bits_assign``
                          (NaN/None where a conditional parameter did not apply)
     ``seed``             the trial's seed (derived from the sweep seed and number)
     ``accuracy``/``r2``  validation metric of the *compressed* model
@@ -128,6 +129,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
                          ``epochs``); a row with ``parent`` and ``budget`` is a promotion
     ``predicted_size_bytes``  size predicted before training (when constraints or early
                          stopping use it)
+    ``layer_bits``       each Linear/Conv layer's stored width in layer order, e.g.
+                         ``"8,4,4,8"`` (None without quantization); ``avg_bits`` their mean
+                         over the weights
     ===================  ===========================================================
     """
     st = Storage.open(path, field="path")
