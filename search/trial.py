@@ -1,8 +1,13 @@
 """The trial function: the one place where training meets compression.
 
 It runs inside a Ray worker: build the model, train (reporting validation metrics each
-epoch), compress as the trial's configuration says, evaluate the compressed model, write
+epoch), compress as the trial's configuration says, evaluate the compressed model, store
 its artifact, and report the objectives.
+
+No node needs the sweep's folder mounted: a trial of a sweep at a URI writes its artifact
+there itself (credentials from the node's own standard chains); for a local folder the bytes
+go through Ray to the driver's node (:attr:`TrialSetup.sink`), which writes them. A trial
+reports its final result only once its artifact is stored.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ from torch import nn
 
 import compress
 from search.task.data import Data
+from search.storage import Storage
 from search.task.train import evaluate, train
 from spaces import Spec
 
@@ -29,13 +36,34 @@ from spaces import Spec
 class TrialSetup:
     """What every trial of a sweep shares (sent once through Ray's object store)."""
 
-    out_dir: str  # absolute path of the sweep folder
+    out_dir: str  # the sweep's folder: an absolute path or a credential-free URI (s3://, gs://)
     model: str  # mlp | cnn | module:function
     kind: str
     threads: int = 1
     spec: Spec | None = None  # for the ladder's draws
     ladder: int = 0
     code_dir: str | None = None  # the spec's folder, put on sys.path so module:function hooks beside it import
+    sink: Any = None  # a local folder: the Ray actor on the driver's node that writes artifacts there
+
+
+def store_artifact(setup: TrialSetup, rel: str, blob: bytes) -> int:
+    """Store the artifact ``blob`` at ``rel`` in the sweep's folder; the stored object's length.
+
+    Through ``setup.sink`` (a Ray actor on the driver's node) when there is one, else straight
+    into ``setup.out_dir`` (a URI, or a folder this process sees).
+    """
+    if setup.sink is not None:
+        import ray
+
+        stored = int(ray.get(setup.sink.put.remote(rel, blob)))
+    else:
+        st = Storage.open(setup.out_dir)
+        st.makedirs(rel.rpartition("/")[0])
+        st.write_atomic(rel, blob)
+        stored = st.size(rel)
+    if stored != len(blob):
+        raise OSError(f"artifact {rel}: stored {stored} bytes of {len(blob)}")
+    return stored
 
 
 def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[str, Any]:
@@ -119,17 +147,19 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
 
 
 def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
-            out_dir: str, name: str) -> dict[str, Any]:
-    """Evaluate a compressed model, write its artifact, and return the metrics of a row."""
+            setup: TrialSetup, name: str) -> dict[str, Any]:
+    """Evaluate a compressed model, store its artifact, and return the metrics of a row."""
     metric = "accuracy" if data.kind == "classification" else "r2"
     val = evaluate(model, data.x_val, data.y_val, data.kind)
     test = evaluate(model, data.x_test, data.y_test, data.kind)
     params, nonzero = compress.count_params(model)
-    rel = Path("artifacts") / f"{name}.slim"
-    path = Path(out_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rel = f"artifacts/{name}.slim"
     metrics = {metric: val[metric], "loss": val["loss"], f"test_{metric}": test[metric], "test_loss": test["loss"]}
-    size = compress.save(model, path, recipe=recipe)
+    with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:  # this node's own scratch
+        path = Path(tmp) / "model.slim"
+        compress.save(model, path, recipe=recipe)
+        blob = path.read_bytes()
+    size = store_artifact(setup, rel, blob)
     dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
     return {
         **metrics,
@@ -139,7 +169,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
         "params": params,
         "nonzero_params": nonzero,
         "latency_ms": compress.latency_ms(model, data.input_shape),
-        "artifact": str(rel),
+        "artifact": rel,
     }
 
 
@@ -205,7 +235,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, **train_args)
     model, configs = compress_trained(dense, config, data, train_args)
     train_seconds = time.perf_counter() - t0
-    final = {**measure(model, configs, dense, recipe, data, setup.out_dir, trial_name),
+    final = {**measure(model, configs, dense, recipe, data, setup, trial_name),
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
     if setup.ladder and setup.spec is not None:
         rungs = []
@@ -213,7 +243,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
             t1 = time.perf_counter()
             small, rung_configs = compress_trained(dense, rung, data, train_args)
             rungs.append({"config": rung,
-                          **measure(small, rung_configs, dense, recipe, data, setup.out_dir, f"{trial_name}-r{k}"),
+                          **measure(small, rung_configs, dense, recipe, data, setup, f"{trial_name}-r{k}"),
                           "train_seconds": time.perf_counter() - t1, "node": final["node"]})
         final["ladder"] = rungs
     report(final)
