@@ -136,7 +136,7 @@ def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(s3_endpo
     assert main(["export", uri, "--trial", str(int(first["trial_number"])), "--out", str(onnx)]) == 0
     from sklearn.datasets import load_digits
 
-    pd.DataFrame(load_digits().data[:5]).to_csv(tmp_path / "x.csv", index=False)
+    pd.DataFrame(load_digits().data[:5]).to_csv(tmp_path / "x.csv", index=False, header=False)
     capsys.readouterr()
     assert main(["predict", str(slim), str(tmp_path / "x.csv")]) == 0
     assert main(["predict", str(onnx), str(tmp_path / "x.csv")]) == 0
