@@ -133,7 +133,8 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str, blob: bytes | No
     return {
         "slimtune_export": EXPORT_VERSION,
         "format": fmt,
-        "sweep": {"name": meta["name"], "folder": str(Path(path).resolve()) if st.local_path else st.uri, "created": meta.get("created"),
+        "sweep": {"name": meta["name"], "folder": str(st.local_path.resolve()) if st.local_path else st.uri,
+                  "created": meta.get("created"),
                   "objectives": meta["objectives"], "constraints": meta.get("constraints", {})},
         "trial": {"trial_number": int(row["trial_number"]), "trial_id": str(row["trial_id"]),
                   "seed": _jsonable(row["seed"]), "artifact": str(row["artifact"]),
