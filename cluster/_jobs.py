@@ -142,7 +142,12 @@ def _job_info(jobs, job_id: str):
 def progress(out: str | None, budget: int | None = None):
     """The sweep's progress (:class:`search.Progress`) from its results folder, or None when
     none is readable yet."""
-    if not out or not (Path(out) / "sweep.json").is_file():
+    from search.storage import Storage
+
+    try:
+        if not out or not Storage.open(out).is_file("sweep.json"):  # a folder or a URI (s3://, gs://)
+            return None
+    except OSError:  # storage not reachable from here right now: no progress to show
         return None
     from search import sweep_progress
 

@@ -121,6 +121,9 @@ def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(s3_endpo
     again = load_model(uri, int(first["trial_number"]))
     x = __import__("torch").randn(4, 64)
     assert (model(x) == again(x)).all()
+    from cluster._jobs import progress
+
+    assert progress(uri).finished == 3  # `slimtune status <id>` of a sweep recorded at a URI
     capsys.readouterr()
     assert main(["results", uri, "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
@@ -145,6 +148,18 @@ def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(s3_endpo
     # a second sweep into the same URI is refused: it already holds one
     assert main(["sweep", str(spec_file), "--out", uri]) == 2
     assert "must not already hold a sweep" in capsys.readouterr().err
+
+    # extend: the study's snapshot is restored and goes on; the earlier rows are kept as they were
+    proc = cli("extend", uri, "--trials", "1", "--quiet", cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+               text=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    more = load_results(uri)
+    assert len(more) == 4 and sorted(more["trial_number"]) == [0, 1, 2, 3] and list(cwd.iterdir()) == []
+    cols = ["trial_id", "trial_number", "status", "lr", "width", "accuracy", "size_bytes", "artifact"]
+    pd.testing.assert_frame_equal(more[more["trial_id"].isin(df["trial_id"])].reset_index(drop=True)[cols], df[cols])
+    assert_artifacts_match(store, more)
+    assert len(study_of(store, "s3-run", tmp_path).trials) == 4
 
 
 def _wait_ok(uri: str, n: int, proc: subprocess.Popen, timeout: float = 400) -> pd.DataFrame:
