@@ -252,20 +252,6 @@ def _access_error(field: str, uri: str, exc: BaseException) -> SpecError:
     return SpecError(field, "storage must be reachable", uri, f"{type(exc).__name__}: {text[:240]}")
 
 
-def local_folder(where: str | os.PathLike, field: str = "out") -> Path:
-    """The local folder ``where`` names; a one-line SpecError for a URI of an object store.
-
-    For what does not yet write to object storage (the sweep driver): better refused before Ray
-    starts than a local folder named ``s3:``.
-    """
-    st = Storage.open(where, field)
-    if st.local_path is None:
-        raise SpecError(field, "must be a local folder: sweeps are not yet written to object storage", st.uri,
-                        "write to a local or shared folder; copy it to the bucket, where results and "
-                        "load_results read it")
-    return st.local_path
-
-
 def write_local_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to the local ``path`` through a temporary file, fsync and rename (mode 0o666 & ~umask)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
