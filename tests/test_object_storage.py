@@ -75,7 +75,7 @@ def assert_artifacts_match(store: Storage, df: pd.DataFrame) -> None:
 
 
 def study_of(store: Storage, name: str, tmp: Path) -> optuna.Study:
-    db = tmp / f"{name}-snapshot.db"
+    db = tmp / f"{name}-{time.monotonic_ns()}.db"  # a fresh copy each time
     db.write_bytes(store.read_bytes("study.db"))
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
@@ -163,6 +163,29 @@ def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(tmp_path
     assert len(study_of(store, "s3-run", tmp_path).trials) == 4
 
 
+NAPNET = '''
+import math
+import time
+
+from torch import nn
+
+
+def build(config):
+    time.sleep(config["nap"])
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(config["input_shape"]), int(config["width"])),
+                         nn.ReLU(), nn.Linear(int(config["width"]), int(config["output_dim"])))
+'''
+
+
+def running(store: Storage, tmp: Path) -> set[int]:
+    """Numbers of the trials running in the study's last snapshot."""
+    try:
+        study = study_of(store, "s3-kill", tmp)
+    except Exception:  # no snapshot yet
+        return set()
+    return {t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING}
+
+
 def _wait_ok(uri: str, n: int, proc: subprocess.Popen, timeout: float = 400) -> pd.DataFrame:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -185,19 +208,27 @@ def test_killed_driver_resumes_from_s3_without_loss(tmp_path, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     budget = 5
-    proc = cli("sweep", str(write_spec(tmp_path, spec("s3-kill", budget, epochs=3))), "--out", uri, "--quiet",
+    slow = spec("s3-kill", budget, epochs=2)
+    slow["task"]["model"] = "napnet:build"  # trials of >= 2 s: the kill lands mid-sweep on any machine
+    slow["space"]["nap"] = 2.0
+    (tmp_path / "napnet.py").write_text(NAPNET)
+    proc = cli("sweep", str(write_spec(tmp_path, slow)), "--out", uri, "--quiet",
                cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         before = _wait_ok(uri, 2, proc)
         # one driver per sweep: a second is refused while the first holds the lease object
         assert main(["resume", uri]) == 2
         assert "must not be in use by another sweep driver" in capsys.readouterr().err
+        store = Storage.open(uri)
+        deadline = time.monotonic() + 120
+        while not running(store, tmp_path) and time.monotonic() < deadline:  # kill it mid-trial
+            time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    store = Storage.open(uri)
+    at_kill = running(store, tmp_path)  # in the last snapshot: the trials resume must rerun
     assert store.exists(".lock")  # left by the killed driver; resume takes it over (same host, pid gone)
 
     # an artifact uploaded by a trial that never reached the study (the driver died in between)
@@ -225,6 +256,7 @@ def test_killed_driver_resumes_from_s3_without_loss(tmp_path, capsys):
     assert "never-told_00000.slim" in stray and not df["trial_id"].str.startswith("never-told").any()
     print(f"killed after {len(before)} ok rows; interrupted trials {sorted(interrupted)}; "
           f"artifacts no row references: {sorted(stray)}")
+    assert interrupted == at_kill
     reruns = [t for t in study.trials if "rerun_of" in t.user_attrs]
     assert sorted(t.user_attrs["rerun_of"] for t in reruns) == sorted(interrupted)
 

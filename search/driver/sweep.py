@@ -86,6 +86,12 @@ def _ray_callback(spec: Spec, place: SweepPlace, rows: dict[str, dict[str, Any]]
             place.publish(rows.values(), names)
             reporter.trial_ended(row, list(rows.values()), running([t for t in trials if t is not trial]))
 
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            # At a URI: the snapshot then holds the running trial, so a resume after the driver
+            # died reruns its configuration (as from a local study.db).
+            if place.remote:
+                place.publish((), None)
+
         def on_step(self, iteration, trials, **info) -> None:
             raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt something swallowed
             if rows:
@@ -190,11 +196,13 @@ class SweepPlace:
         self.storage.write_atomic(STUDY, copy.read_bytes())
         copy.unlink()
 
-    def publish(self, rows, names: list[str], strict: bool = False) -> None:
-        """The results table, then the study's snapshot. A failed upload during the sweep is
-        said once and retried at the next trial's end; with ``strict`` (the end) it raises."""
+    def publish(self, rows, names: list[str] | None, strict: bool = False) -> None:
+        """The results table (unless ``names`` is None), then the study's snapshot. A failed
+        upload during the sweep is said once and retried at the next trial's end; with
+        ``strict`` (the end) it raises."""
         try:
-            write_results(self.storage, rows, names)
+            if names is not None:
+                write_results(self.storage, rows, names)
             self.snapshot()
         except OSError as exc:
             if strict:
