@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,8 @@ class SweepPlace:
             return
         copy = self.work / f".{STUDY}.snapshot"
         copy.unlink(missing_ok=True)
-        with sqlite3.connect(self.work / STUDY, timeout=60) as src, sqlite3.connect(copy) as dst:
+        with closing(sqlite3.connect(self.work / STUDY, timeout=60)) as src, closing(sqlite3.connect(copy)) as dst:
             src.backup(dst)
-        src.close()
-        dst.close()
         self.storage.write_atomic(STUDY, copy.read_bytes())
         copy.unlink()
 
