@@ -196,13 +196,13 @@ class SweepPlace:
         copy.unlink()
 
     def publish(self, rows, names: list[str] | None, strict: bool = False) -> None:
-        """The results table (unless ``names`` is None), then the study's snapshot. A failed
-        upload during the sweep is said once and retried at the next trial's end; with
-        ``strict`` (the end) it raises."""
+        """The study's snapshot (the record goes first), then the results table (unless ``names``
+        is None). A failed upload during the sweep is said once and retried at the next trial's
+        end; with ``strict`` (the end) it raises."""
         try:
+            self.snapshot()
             if names is not None:
                 write_results(self.storage, rows, names)
-            self.snapshot()
         except OSError as exc:
             if strict:
                 raise
