@@ -1,7 +1,7 @@
 """Sweeps as Ray jobs: submit, watch, stop, list (thin over ``JobSubmissionClient``).
 
-A sweep id is also the job's submission id, and the job's metadata carries the results folder,
-so any client that reaches the cluster can find a sweep; this client also records it under
+A sweep id is also the job's submission id, and the job's metadata carries the sweep's storage
+(a folder or an ``s3://`` / ``gs://`` URI, never credentials), so any client that reaches the cluster can find a sweep; this client also records it under
 ``$SLIMTUNE_HOME/sweeps/`` so ``slimtune results <id>`` works without asking the cluster.
 """
 
@@ -73,18 +73,29 @@ def _probe(address: str, timeout: float = 10.0) -> None:
                        "is the cluster up? (`slimtune cluster up`)") from None
 
 
-def _storage(storage: str | None, head: dict[str, Any] | None) -> Path:
+def storage_uri(storage: str | os.PathLike, check_local: bool = False) -> str:
+    """``storage`` as it is recorded: an absolute folder, or an ``s3://`` / ``gs://`` URI without credentials.
+
+    A URI that carries credentials or has an unknown scheme, a missing bucket, refused credentials
+    or an unreachable store are one-line errors (SpecError) before anything starts. A folder is
+    checked only with ``check_local`` (it may be a mount that exists on the cluster's nodes only).
+    """
+    from search.storage import Storage  # pyarrow: loaded only by the commands that need it
+
+    store = Storage.open(storage, field="storage")
+    if store.local_path is None or check_local:
+        store.check(field="storage")
+    return store.uri
+
+
+def _storage(storage: str | None, head: dict[str, Any] | None) -> str:
+    """Where this job's sweeps go: ``--storage``, else the storage recorded with the cluster."""
     if storage is None:
         if head and head.get("storage"):
-            return Path(head["storage"])
+            return head["storage"]
         raise SpecError("storage", "is required for a cluster that `slimtune cluster up` did not start here", None,
-                        "pass --storage /a/folder/mounted/on/every/node")
-    if "://" in storage:
-        from search.storage import redact  # credentials in a URI are never echoed
-
-        raise SpecError("storage", "must be a folder every node and this client can read", redact(storage),
-                        "mount the bucket (or an NFS share) at the same path everywhere; URIs are not supported yet")
-    return Path(storage).expanduser().resolve()
+                        "pass --storage s3://bucket/sweeps (or gs://..., or a folder mounted on every node)")
+    return storage_uri(storage)
 
 
 def submit(spec: str, *, address: str | None = None, storage: str | None = None,
@@ -105,15 +116,21 @@ def submit(spec: str, *, address: str | None = None, storage: str | None = None,
         raise SpecError("working_dir", "must contain the spec", str(wd), f"the spec is {spec_path}")
     chosen, head = _address(address)
     jobs = client(chosen)
-    out = _storage(storage, head) / f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    sweep_id = out.name
+    base = _storage(storage, head)
+    sweep_id = f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    from search.storage import Storage
+
+    out = Storage.open(base, field="storage").child(sweep_id).uri  # a folder or a URI, never credentials
     rel = spec_path.relative_to(wd).as_posix()
-    entrypoint = f"slimtune sweep {shlex.quote(rel)} --out {shlex.quote(str(out))}"
-    meta = {"slimtune_sweep": sweep_id, "slimtune_out": str(out), "slimtune_spec": rel,
+    entrypoint = f"slimtune sweep {shlex.quote(rel)} --out {shlex.quote(out)}"
+    meta = {"slimtune_sweep": sweep_id, "slimtune_out": out, "slimtune_spec": rel,
             "slimtune_trials": str(parsed.search.trials)}
+    # Only the code travels with the job. Credentials reach the nodes from their own environment
+    # (instance role, workload identity, AWS_* set where the node starts), never as runtime_env
+    # env_vars: those show in the dashboard and in every client's job info.
     job_id = jobs.submit_job(entrypoint=entrypoint, submission_id=sweep_id, metadata=meta,
                              runtime_env={"working_dir": str(wd), "excludes": EXCLUDES})
-    record = {"id": sweep_id, "job_id": job_id, "address": chosen, "out": str(out), "spec": str(spec_path),
+    record = {"id": sweep_id, "job_id": job_id, "address": chosen, "out": out, "spec": str(spec_path),
               "trials": parsed.search.trials, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _state.write_sweep(record)
     return record
@@ -142,14 +159,16 @@ def _job_info(jobs, job_id: str):
 def progress(out: str | None, budget: int | None = None):
     """The sweep's progress (:class:`search.Progress`) from its results folder, or None when
     none is readable yet."""
+    if not out:
+        return None
+    from search import sweep_progress
     from search.storage import Storage
 
     try:
-        if not out or not Storage.open(out).is_file("sweep.json"):  # a folder or a URI (s3://, gs://)
+        if not Storage.open(out).is_file("sweep.json"):
             return None
-    except OSError:  # storage not reachable from here right now: no progress to show
+    except OSError:  # an object store that does not answer now: no progress to show, not an error
         return None
-    from search import sweep_progress
 
     return sweep_progress(out)
 
@@ -207,13 +226,13 @@ def list_sweeps(address: str | None = None) -> list[dict[str, Any]]:
 
 
 def resolve_results_path(id_or_path: str) -> str:
-    """The results folder for a sweep folder path or a sweep id (for ``slimtune results``).
+    """The results folder or URI for a sweep folder, a URI or a sweep id (for ``slimtune results``).
 
-    A path (anything that exists, or holds a ``/``) is returned unchanged; a sweep id is looked
+    A path or URI (anything that exists, or holds a ``/``) is returned unchanged; a sweep id is looked
     up in this client's records, then in the job metadata of the cluster it would talk to.
     """
     s = str(id_or_path)
-    if Path(s).expanduser().exists() or "/" in s or os.sep in s:
+    if "://" in s or Path(s).expanduser().exists() or "/" in s or os.sep in s:
         return s
     record = _state.read_sweep(s)
     if record and record.get("out"):

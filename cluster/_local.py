@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import _auth, _state
+from cluster._jobs import storage_uri
 from spaces import RunError, SpecError
 
 READY = "Ray runtime started"
@@ -98,11 +99,8 @@ def start_local(*, workers: int = 0, num_cpus: int | None = None, num_gpus: int 
 
     ``port``/``dashboard_port``: None means Ray's usual 6379/8265 when free, 0 any free port.
     """
-    if storage and "://" in storage:  # before anything starts; never a local folder named `s3:`
-        from search.storage import redact  # credentials in a URI are never echoed
-
-        raise SpecError("storage", "must be a folder every node and this client can read", redact(storage),
-                        "mount the bucket (or an NFS share) at the same path everywhere; URIs are not supported yet")
+    if storage:  # before anything starts; never a local folder named `s3:`, never credentials recorded
+        storage = storage_uri(storage, check_local=True)
     refuse_if_running()
     token = _auth.ensure_token()
     env = _env(token)
@@ -134,7 +132,7 @@ def start_local(*, workers: int = 0, num_cpus: int | None = None, num_gpus: int 
         "kind": "local", "head": head_node, "workers": [], "gcs_address": gcs,
         "dashboard": f"http://{shown_host}:{dash_port}", "dashboard_host": dashboard_host,
         "temp_dir": temp_dir, "token": token,
-        "storage": str(Path(storage).expanduser().resolve()) if storage else str(home / "storage"),
+        "storage": storage or str(home / "storage"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _state.write_head(record)  # recorded at once: an interrupted `cluster up` leaves `cluster down` work to do
@@ -177,12 +175,17 @@ def stop_local(record: dict[str, Any]) -> int:
     return _state.terminate(record.get("workers", [])) + _state.terminate([record["head"]])
 
 
-def launcher_up(config: str) -> dict[str, Any]:
-    """``ray up -y CONFIG`` (Ray's cluster launcher), with the token on hand for its file_mounts."""
+def launcher_up(config: str, storage: str | None = None) -> dict[str, Any]:
+    """``ray up -y CONFIG`` (Ray's cluster launcher), with the token on hand for its file_mounts.
+
+    ``storage`` (recorded; ``submit`` defaults to it): an ``s3://`` / ``gs://`` URI the nodes reach
+    with their own credentials, or a folder mounted at the same path on every node.
+    """
     path = Path(config).expanduser().resolve()
     if not path.is_file():
         raise SpecError("config", "must be a cluster launcher YAML file", config,
                         "see cluster/aws.yaml, cluster/gcp.yaml, cluster/local.yaml")
+    storage = storage_uri(storage) if storage else None
     refuse_if_running()
     token = _auth.ensure_token()
     rc = subprocess.call([ray_executable(), "up", "-y", str(path)], env=_auth.node_env(token))
@@ -190,7 +193,7 @@ def launcher_up(config: str) -> dict[str, Any]:
         raise RunError(f"ray up {path}", f"exited with {rc}", "see its output above")
     record = {"kind": "launcher", "config": str(path), "token": token,
               # `ray dashboard CONFIG` forwards the head's dashboard to this port on loopback.
-              "dashboard": "http://127.0.0.1:8265", "storage": None,
+              "dashboard": "http://127.0.0.1:8265", "storage": storage,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _state.write_head(record)
     return record

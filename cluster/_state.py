@@ -24,10 +24,10 @@ def home() -> Path:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
+    from search.storage import write_local_atomic  # the one atomic write; on call, so `import cluster` stays lean
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_local_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def _read(path: Path) -> dict[str, Any] | None:

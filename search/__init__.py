@@ -11,12 +11,13 @@ from typing import Any
 _HOME = {
     "search.task.data": ["Data", "load_data"],
     "search.driver.progress": ["Progress", "format_progress", "progress", "sweep_progress"],
-    "search.results.table": ["load_results", "pareto_front"],
+    "search.results.table": ["load_results"],
+    "search.results.pareto": ["hypervolume", "pareto_front"],
     "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
     "search.task.train": ["evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
     "search.present.export": ["export_trial", "load_exported", "load_model", "predict_csv"],
-    "search.present.plot": ["hypervolume", "plot_sweep"],
+    "search.present.plot": ["plot_sweep"],
     "search.present.report": ["write_report"],
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names}

@@ -12,15 +12,16 @@ reports its final result only once its artifact is stored.
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import socket
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ import compress
 from search.task.data import Data
 from search.storage import Storage
 from search.task.train import evaluate, train
-from spaces import Spec
+from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, Metric, MethodKeys, Spec, computed_metrics, task_metric
+
 
 @dataclass(frozen=True)
 class TrialSetup:
@@ -44,6 +46,14 @@ class TrialSetup:
     ladder: int = 0
     code_dir: str | None = None  # the spec's folder, put on sys.path so module:function hooks beside it import
     sink: Any = None  # a local folder: the Ray actor on the driver's node that writes artifacts there
+    #: Declared metrics the trial computes through their hook (taken where the sweep starts: a
+    #: worker process does not see declarations made there).
+    metrics: tuple[Metric, ...] = field(default_factory=computed_metrics)
+
+    @property
+    def methods(self) -> tuple[MethodKeys, ...]:
+        """The compression methods of the sweep's spec (its own declarations travel with it)."""
+        return tuple(s.declared for s in self.spec.compress) if self.spec is not None else ()
 
 
 def store_artifact(setup: TrialSetup, rel: str, blob: bytes) -> int:
@@ -81,50 +91,71 @@ def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[
     return recipe
 
 
-def compression_configs(config: dict[str, Any]) -> tuple[list, list, list]:
+def compression_configs(config: dict[str, Any], methods: Iterable[MethodKeys] | None = None) -> tuple[list, list, list]:
     """(prune, qat, quantize) configs chosen for this trial.
 
     ``qat`` holds the `compress.FakeQuantize` of quantization-aware fine-tuning
-    (``quant_mode: qat``), empty for post-training quantization.
+    (``quant_mode: qat``), empty for post-training quantization. ``quantize`` starts with the
+    configs of the declared methods beyond prune and quantize (``methods``, default: those
+    declared here), which apply after pruning and before quantization.
     """
     prune: list = []
-    method = _given(config, "prune_method", "none")
+    method = _given(config, PRUNE, "method")
     if method == "magnitude":
-        scope = str(_given(config, "scope", "global"))
-        if _given(config, "threshold") is not None:
+        scope = str(_given(config, PRUNE, "scope"))
+        if _given(config, PRUNE, "threshold") is not None:
             prune.append(compress.MagnitudePrune(threshold=float(config["threshold"]), scope=scope))
         else:
             prune.append(compress.MagnitudePrune(sparsity=float(config["sparsity"]), scope=scope))
     elif method == "structured":
         prune.append(compress.StructuredPrune(ratio=float(config["sparsity"])))
     qat: list = []
-    quant: list = []
-    bits = int(_given(config, "bits", 32))
-    if bits < 32:
-        fields = dict(bits=bits, per_channel=bool(_given(config, "per_channel", True)),
-                      symmetric=bool(_given(config, "symmetric", False)))
-        if _given(config, "quant_mode", "ptq") == "qat":
+    quant: list = [c for m in (METHODS.values() if methods is None else methods) if m.config
+                   for c in [_declared_config(m, config)] if c is not None]
+    if int(_given(config, QUANTIZE, "bits")) < 32:
+        fields = _fields(QUANTIZE, config)
+        if _given(config, QUANTIZE, "mode") == "qat":
             qat.append(compress.FakeQuantize(**fields))
         quant.append(compress.AffineQuantize(**fields))
     return prune, qat, quant
 
 
-def _given(config: dict[str, Any], key: str, default: Any = None) -> Any:
-    """``config[key]``, or ``default`` where the key is missing or empty (None/NaN: not applied)."""
-    value = config.get(key)
-    return default if value is None or (isinstance(value, float) and value != value) else value
+def _fields(method: MethodKeys, config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields the method's keys with a ``field`` give (declared defaults where not drawn)."""
+    return {k.field: k.cast(_given(config, method, k.name)) for k in method.keys if k.field}
 
 
-def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any]) -> tuple[nn.Module, list]:
+def _declared_config(method: MethodKeys, config: dict[str, Any]) -> Any:
+    """The config of a declared method, or None where the trial did not draw its keys."""
+    if any(_missing(config.get(k.col)) for k in method.keys if k.field):
+        return None
+    module, name = method.config.split(":")
+    return getattr(importlib.import_module(module), name)(**_fields(method, config))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _given(config: dict[str, Any], method: MethodKeys, key: str) -> Any:
+    """The trial's value of ``method``'s ``key``, or its declared default where it was not drawn
+    (missing, None or NaN: not applied)."""
+    k = method.key(key)
+    value = config.get(k.col)
+    return k.default if _missing(value) else value
+
+
+def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any],
+                     methods: Iterable[MethodKeys] | None = None) -> tuple[nn.Module, list]:
     """The compression chosen by ``config``, applied to a trained ``model`` (left unchanged):
     prune → fine-tune (magnitude: zeros held by masks, or reached along the cubic schedule when
-    ``gradual``) → QAT fine-tune (fake-quantized weights, straight-through gradients) → quantize.
-    Returns (compressed model, configs)."""
-    prune, qat, quant = compression_configs(config)
+    ``gradual``) → declared methods → QAT fine-tune (fake-quantized weights, straight-through
+    gradients) → quantize. Returns (compressed model, configs)."""
+    prune, qat, quant = compression_configs(config, methods)
     seed = int(config["seed"])
-    ft = int(_given(config, "finetune_epochs", 0)) if prune else 0
+    ft = int(_given(config, PRUNE, "finetune_epochs")) if prune else 0
     magnitude = bool(prune) and isinstance(prune[0], compress.MagnitudePrune)
-    if magnitude and ft and _given(config, "gradual", False):
+    if magnitude and ft and _given(config, PRUNE, "gradual"):
         model = compress.compress(model)  # a copy, pruned step by step while it fine-tunes
         steps = ft * -(-len(data.x_train) // int(train_args["batch_size"]))
         train(model, data, epochs=ft, after_step=compress.gradual_pruning(model, prune[0], steps),
@@ -135,10 +166,14 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
             masks = compress.sparsity_masks(model)
             train(model, data, epochs=ft, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
                   **{**train_args, "seed": seed + 1})
+    declared = [c for c in quant if not isinstance(c, compress.AffineQuantize)]
+    if declared:
+        model = compress.compress(model, *declared)
+        quant = quant[len(declared):]
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
-        train(model, data, epochs=int(_given(config, "qat_epochs", 1)),
+        train(model, data, epochs=int(_given(config, QUANTIZE, "qat_epochs")),
               after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
               **{**train_args, "seed": seed + 2})
     if quant:
@@ -147,14 +182,18 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
 
 
 def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
-            setup: TrialSetup, name: str) -> dict[str, Any]:
-    """Evaluate a compressed model, store its artifact, and return the metrics of a row."""
-    metric = "accuracy" if data.kind == "classification" else "r2"
+            setup: TrialSetup, name: str, computed: Iterable[Metric] = ()) -> dict[str, Any]:
+    """Evaluate a compressed model, store its artifact, and return the metrics of a row: those
+    measured here, and each of ``computed`` through its declared ``compute`` hook."""
     val = evaluate(model, data.x_val, data.y_val, data.kind)
     test = evaluate(model, data.x_test, data.y_test, data.kind)
     params, nonzero = compress.count_params(model)
     rel = f"artifacts/{name}.slim"
-    metrics = {metric: val[metric], "loss": val["loss"], f"test_{metric}": test[metric], "test_loss": test["loss"]}
+    split = [m for m in METRIC_TABLE.values() if m.split and m.task in (None, data.kind)]
+    metrics = {**{m.name: val[m.name] for m in split}, **{f"test_{m.name}": test[m.name] for m in split}}
+    for m in computed:
+        module, fn = m.compute.split(":")
+        metrics[m.name] = float(getattr(importlib.import_module(module), fn)(model, data))
     with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:  # this node's own scratch
         path = Path(tmp) / "model.slim"
         compress.save(model, path, recipe=recipe)
@@ -225,7 +264,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     t0 = time.perf_counter()
     recipe = model_recipe(setup, data, config)
     dense = compress.build_model(recipe)
-    metric = "accuracy" if data.kind == "classification" else "r2"
+    metric = task_metric(data.kind)
 
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
         report({"epoch": epoch, "phase": "train", f"val_{metric}": val[metric], "val_loss": val["loss"]})
@@ -233,17 +272,18 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     train_args = dict(lr=float(config["lr"]), batch_size=int(config["batch_size"]),
                       weight_decay=float(config.get("weight_decay", 0.0)), seed=seed)
     train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, **train_args)
-    model, configs = compress_trained(dense, config, data, train_args)
+    model, configs = compress_trained(dense, config, data, train_args, setup.methods)
     train_seconds = time.perf_counter() - t0
-    final = {**measure(model, configs, dense, recipe, data, setup, trial_name),
+    final = {**measure(model, configs, dense, recipe, data, setup, trial_name, setup.metrics),
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
     if setup.ladder and setup.spec is not None:
         rungs = []
         for k, rung in enumerate(ladder_configs(setup.spec, config, setup.ladder)):
             t1 = time.perf_counter()
-            small, rung_configs = compress_trained(dense, rung, data, train_args)
+            small, rung_configs = compress_trained(dense, rung, data, train_args, setup.methods)
             rungs.append({"config": rung,
-                          **measure(small, rung_configs, dense, recipe, data, setup, f"{trial_name}-r{k}"),
+                          **measure(small, rung_configs, dense, recipe, data, setup, f"{trial_name}-r{k}",
+                                    setup.metrics),
                           "train_seconds": time.perf_counter() - t1, "node": final["node"]})
         final["ladder"] = rungs
     report(final)

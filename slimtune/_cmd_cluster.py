@@ -30,8 +30,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                          "which runs code, to the network: token auth protects it)")
     up.add_argument("--node-ip-address", default="127.0.0.1", help="IP address of the local nodes")
     up.add_argument("--object-store-memory", type=int, default=None, help="object store bytes per node")
-    up.add_argument("--storage", default=None, help="results folder for sweeps on this cluster "
-                                                    "(default: $SLIMTUNE_HOME/storage)")
+    up.add_argument("--storage", default=None,
+                    help="where sweeps on this cluster go, recorded for `submit`: s3://bucket/prefix or "
+                         "gs://bucket/prefix (nodes use their own credentials), or a folder every node sees "
+                         "(default for local nodes: $SLIMTUNE_HOME/storage)")
     sub.add_parser("down", help="stop the cluster `cluster up` started",
                    description="Terminates the recorded node processes (or runs `ray down -y CONFIG`).")
 
@@ -53,11 +55,13 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise SpecError("--workers", "must be >= 0", args.workers)
     if args.config:
-        rec = cluster.up(args.config)
+        rec = cluster.up(args.config, storage=args.storage)
         print(f"cluster launched from {rec['config']}\n"
               f"  forward its dashboard:  ray dashboard {rec['config']}   (then http://127.0.0.1:8265)\n"
-              f"  submit:                 slimtune submit SPEC --storage /folder/mounted/on/every/node\n"
-              f"  stop:                   slimtune cluster down")
+              + (f"  results:                {rec['storage']}\n"
+                 f"  submit:                 slimtune submit SPEC\n" if rec.get("storage") else
+                 "  submit:                 slimtune submit SPEC --storage s3://bucket/sweeps\n") +
+              "  stop:                   slimtune cluster down")
         return 0
     rec = cluster.up(workers=args.workers, num_cpus=args.num_cpus, num_gpus=args.num_gpus, port=args.port,
                      dashboard_port=args.dashboard_port, dashboard_host=args.dashboard_host,
@@ -76,9 +80,9 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML spec file")
     p.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS, else the "
                                                    "cluster `slimtune cluster up` started)")
-    p.add_argument("--storage", default=None, help="folder every node and this client can read; the sweep "
-                                                   "writes to STORAGE/<sweep-id> (default for a local cluster: "
-                                                   "its recorded storage)")
+    p.add_argument("--storage", default=None, help="s3://bucket/prefix, gs://bucket/prefix, or a folder every "
+                                                   "node and this client can read; the sweep writes to "
+                                                   "STORAGE/<sweep-id> (default: the storage `cluster up` recorded)")
     p.add_argument("--working-dir", default=None, help="folder shipped to the cluster with the job "
                                                        "(default: the spec's folder); must contain the spec")
 
@@ -181,7 +185,8 @@ COMMANDS = [
             "  slimtune cluster up --workers 1 --num-cpus 1\n  slimtune cluster up cluster/aws.yaml\n"
             "  slimtune cluster down", _cluster_args, _cluster),
     Command("submit", "run a sweep on a Ray cluster as a Ray job; prints its sweep id and returns",
-            "example: slimtune submit examples/digits.yaml --address http://127.0.0.1:8265", _submit_args, _submit),
+            "examples:\n  slimtune submit examples/digits.yaml\n"
+            "  slimtune submit examples/digits.yaml --address http://127.0.0.1:8265 --storage s3://bucket/sweeps", _submit_args, _submit),
     Command("status", "a submitted sweep's job status and trial counts", "example: slimtune status ID",
             _id_args, _status),
     Command("logs", "a submitted sweep's driver output", "example: slimtune logs ID --follow", _logs_args, _logs),

@@ -99,9 +99,13 @@ def _extend(args: argparse.Namespace) -> int:
                                                address=args.address))
 
 
-TABLE_COLUMNS = ["trial_number", "status", "accuracy", "r2", "test_accuracy", "test_r2", "size_bytes",
-                 "dense_bytes", "compression_ratio", "lr", "batch_size", "depth", "width", "epochs",
-                 "prune_method", "sparsity", "bits", "error"]
+def table_columns() -> list[str]:
+    """The columns ``slimtune results`` shows (those present and not all empty): the metrics
+    declared for the table (``spaces.METRIC_TABLE``), the main parameters, the error."""
+    from spaces import shown_columns
+
+    return ["trial_number", "status", *shown_columns("table"), "lr", "batch_size", "depth", "width", "epochs",
+            "prune_method", "sparsity", "bits", "error"]
 
 
 def _results_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +129,7 @@ def _results(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(df.to_json(orient="records", indent=2) + "\n")
     else:
-        cols = list(df.columns) if args.all_columns else [c for c in TABLE_COLUMNS if c in df and df[c].notna().any()]
+        cols = list(df.columns) if args.all_columns else [c for c in table_columns() if c in df and df[c].notna().any()]
         with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None,
                                "display.float_format", "{:.4g}".format):
             print(df[cols].to_string(index=False) if len(df) else "(no trials)")

@@ -1,18 +1,30 @@
-"""Search-space data: the sweep spec as typed, frozen, validated values.
+"""Search-space data: the sweep spec as typed, frozen, validated values, and the declarations
+it derives from (each compression method's spec keys, every metric).
 
 Imports neither torch nor ray (a test keeps it so).
 """
 
 from spaces._distributions import Choice, Fixed, IntRange, LogUniform, Param, Uniform, parse_param, suggest, to_json
 from spaces._errors import RunError, SpecError
-from spaces._spec import (
-    BUILTIN_DATASETS,
+from spaces._methods import METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
+from spaces._metrics import (
+    METRIC_TABLE,
     METRICS,
     TASK_METRIC,
+    Declared,
+    Metric,
+    computed_metrics,
+    declare,
+    result_columns,
+    shown_columns,
+    task_metric,
+    whole_columns,
+    worst_value,
+)
+from spaces._spec import (
+    BUILTIN_DATASETS,
     Bound,
     Objective,
-    Prune,
-    Quantize,
     Resources,
     Search,
     Spec,
@@ -23,7 +35,9 @@ from spaces._spec import (
 )
 
 __all__ = [
-    "BUILTIN_DATASETS", "METRICS", "TASK_METRIC", "Bound", "Choice", "Fixed", "IntRange", "LogUniform",
-    "Objective", "Param", "Prune", "Quantize", "Resources", "RunError", "Search", "Spec", "SpecError", "Task",
-    "Uniform", "load_spec", "parse_param", "parse_spec", "require_search", "suggest", "to_json",
+    "BUILTIN_DATASETS", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",
+    "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "PRUNE", "Param", "QUANTIZE", "Resources",
+    "RunError", "Search", "Section", "Spec", "SpecError", "Task", "Uniform", "When", "computed_metrics",
+    "declare", "load_spec", "parse_param", "parse_spec", "require_search", "result_columns", "shown_columns",
+    "suggest", "task_metric", "to_json", "whole_columns", "worst_value",
 ]

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spaces._distributions import (
-    Choice,
     Fixed,
     IntRange,
     Param,
@@ -20,24 +19,12 @@ from spaces._distributions import (
     suggest,
 )
 from spaces._errors import SpecError, closest
+from spaces._methods import METHODS, Section, default_sections, parse_section, sample_section
+from spaces._metrics import METRICS, TASK_METRIC
 
-#: Every metric a trial reports, with the direction that is "better".
-METRICS: dict[str, str] = {
-    "accuracy": "max",  # validation accuracy of the compressed model (classification)
-    "r2": "max",  # validation R^2 of the compressed model (regression)
-    "loss": "min",  # validation loss of the compressed model
-    "size_bytes": "min",  # length of the compressed artifact file
-    "params": "min",  # parameters of the (possibly pruned) model
-    "nonzero_params": "min",  # parameters that are not zero
-    "compression_ratio": "max",  # dense_bytes / size_bytes
-    "latency_ms": "min",  # CPU latency at batch size 1
-}
-TASK_METRIC = {"classification": "accuracy", "regression": "r2"}
 BUILTIN_DATASETS = ("digits", "mnist1d")
 BUILTIN_MODELS = ("mlp", "cnn")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-PRUNE_METHODS = ("none", "magnitude", "structured")
-QUANT_MODES = ("ptq", "qat")
 #: Hyperparameters the built-in models and the trainer understand, with their defaults.
 SPACE_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
@@ -93,25 +80,6 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Prune:
-    method: Param = Fixed("none")  # none | magnitude | structured
-    sparsity: Param = Fixed(0.5)  # magnitude: fraction of weights zeroed; structured: of channels removed
-    finetune_epochs: Param = Fixed(0)
-    threshold: Param | None = None  # set: magnitude pruning zeroes |w| < threshold instead of a fraction
-    scope: Param = Fixed("global")  # magnitude: rank all weights together (global) or per tensor (layer)
-    gradual: Param = Fixed(False)  # magnitude: reach the sparsity along the cubic schedule while fine-tuning
-
-
-@dataclass(frozen=True)
-class Quantize:
-    bits: Param = Fixed(32)  # 2..8, or 32 = no quantization
-    per_channel: Param = Fixed(True)
-    symmetric: Param = Fixed(False)
-    mode: Param = Fixed("ptq")  # ptq | qat (fake-quant fine-tuning for qat_epochs, then quantize)
-    qat_epochs: Param = Fixed(1)
-
-
-@dataclass(frozen=True)
 class Search:
     trials: int = 20
     concurrency: int = 2
@@ -144,8 +112,8 @@ class Spec:
     objectives: tuple[Objective, ...]
     space: tuple[tuple[str, Param], ...]
     constraints: tuple[Bound, ...] = ()
-    prune: Prune = field(default_factory=Prune)
-    quantize: Quantize = field(default_factory=Quantize)
+    #: One section per declared compression method (spaces._methods), in declaration order.
+    compress: tuple[Section, ...] = field(default_factory=default_sections)
     search: Search = field(default_factory=Search)
     resources: Resources = field(default_factory=Resources)
     source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -158,46 +126,43 @@ class Spec:
     def modes(self) -> list[str]:
         return [o.direction for o in self.objectives]
 
+    @property
+    def prune(self) -> Section:
+        return self.section("prune")
+
+    @property
+    def quantize(self) -> Section:
+        return self.section("quantize")
+
+    def section(self, name: str) -> Section:
+        """The spec's values of the compression method ``name`` (``compress.<name>``)."""
+        return next(s for s in self.compress if s.declared.name == name)
+
+    @property
+    def compress_columns(self) -> list[str]:
+        """``epochs`` and the column of every compression key, in the order they are drawn."""
+        return ["epochs", *(c for s in self.compress for c in s.declared.columns)]
+
     def sample(self, trial: Any) -> dict[str, Any]:
         """The define-by-run function: draw one configuration from an Optuna-style ``trial``.
 
-        Conditional parameters are drawn only where they apply: ``finetune_epochs`` when
-        ``prune_method != "none"``; ``threshold`` (when the spec sets one) instead of
-        ``sparsity`` for magnitude pruning, ``sparsity`` otherwise; ``scope`` for magnitude
-        pruning, and ``gradual`` for it when ``finetune_epochs > 0``; ``per_channel``,
-        ``symmetric`` and ``quant_mode`` when ``bits < 32``; ``qat_epochs`` when
-        ``quant_mode == "qat"``. Returns every parameter, drawn or fixed, named as in the
+        The space, ``epochs``, then each compression method's keys in declaration order, each
+        drawn only where its conditions hold (``spaces._methods``: e.g. ``threshold``, when the
+        spec sets one, instead of ``sparsity`` for magnitude pruning; ``qat_epochs`` when
+        ``quant_mode == "qat"``). Returns every parameter, drawn or fixed, named as in the
         results table.
         """
         cfg: dict[str, Any] = {name: suggest(trial, name, p) for name, p in self.space}
         cfg["epochs"] = suggest(trial, "epochs", self.task.epochs)
-        pr, qu = self.prune, self.quantize
-        method = cfg["prune_method"] = suggest(trial, "prune_method", pr.method)
-        if method != "none":
-            if method == "magnitude" and pr.threshold is not None:
-                cfg["threshold"] = suggest(trial, "threshold", pr.threshold)
-            else:
-                cfg["sparsity"] = suggest(trial, "sparsity", pr.sparsity)
-            if method == "magnitude":
-                cfg["scope"] = suggest(trial, "scope", pr.scope)
-            cfg["finetune_epochs"] = suggest(trial, "finetune_epochs", pr.finetune_epochs)
-            if method == "magnitude" and cfg["finetune_epochs"] > 0:
-                cfg["gradual"] = suggest(trial, "gradual", pr.gradual)
-        cfg["bits"] = suggest(trial, "bits", qu.bits)
-        if cfg["bits"] < 32:
-            cfg["per_channel"] = suggest(trial, "per_channel", qu.per_channel)
-            cfg["symmetric"] = suggest(trial, "symmetric", qu.symmetric)
-            cfg["quant_mode"] = suggest(trial, "quant_mode", qu.mode)
-            if cfg["quant_mode"] == "qat":
-                cfg["qat_epochs"] = suggest(trial, "qat_epochs", qu.qat_epochs)
+        for section in self.compress:
+            sample_section(section, trial, cfg)
         return cfg
 
     @property
     def searched(self) -> list[str]:
         """The names of the parameters that take more than one value (space, epochs, compress)."""
         params = [*self.space, ("epochs", self.task.epochs),
-                  *((f"prune.{k}", v) for k, v in vars(self.prune).items()),
-                  *((f"quantize.{k}", v) for k, v in vars(self.quantize).items())]
+                  *((f"{s.declared.name}.{k}", v) for s in self.compress for k, v in s.values)]
         return [name for name, p in params if p is not None and not isinstance(p, Fixed)]
 
     def for_kind(self, kind: str) -> "Spec":
@@ -301,7 +266,7 @@ def _parse_objectives(raw: Any, kind: str | None) -> tuple[Objective, ...]:
     for name, direction in o.items():
         if direction not in ("max", "min"):
             raise SpecError(f"objectives.{name}", "direction must be max or min", direction)
-        if kind is not None and name in ("accuracy", "r2") and name != TASK_METRIC[kind]:
+        if kind is not None and name in TASK_METRIC.values() and name != TASK_METRIC[kind]:
             raise SpecError(f"objectives.{name}", f"a {kind} task reports {TASK_METRIC[kind]}", name,
                             f"use {TASK_METRIC[kind]}")
         objs.append(Objective(name, direction))
@@ -350,65 +315,13 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
     return tuple(out)
 
 
-def _parse_compress(raw: Any) -> tuple[Prune, Quantize]:
-    c = _mapping("compress", raw or {}, ("prune", "quantize"))
-    p = _mapping("compress.prune", c.get("prune") or {},
-                 ("method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual"))
-    q = _mapping("compress.quantize", c.get("quantize") or {},
-                 ("bits", "per_channel", "symmetric", "mode", "qat_epochs"))
-    boolean = (lambda v: isinstance(v, bool), "must be true or false")
-    method = _param("compress.prune.method", p.get("method", "none" if not p else "magnitude"),
-                    lambda v: v in PRUNE_METHODS, f"must be one of {', '.join(PRUNE_METHODS)}")
-    if isinstance(method, Choice) and len(method.values) == 1:
-        method = Fixed(method.values[0])
-    methods = {method.value} if isinstance(method, Fixed) else set(method.values)
-    threshold = None
-    if "threshold" in p:
-        threshold = _param("compress.prune.threshold", p["threshold"],
-                           lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
-                           "`threshold >= 0` (finite) must hold")
-    prune = Prune(
-        method=method,
-        sparsity=_param("compress.prune.sparsity", p.get("sparsity", 0.5),
-                        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
-                        "`0 <= sparsity < 1` must hold"),
-        finetune_epochs=_param("compress.prune.finetune_epochs", p.get("finetune_epochs", 0),
-                               lambda v: _is_int(v) and v >= 0, "must be an integer >= 0", True),
-        threshold=threshold,
-        scope=_param("compress.prune.scope", p.get("scope", "global"), lambda v: v in ("global", "layer"),
-                     "must be one of global, layer"),
-        gradual=_param("compress.prune.gradual", p.get("gradual", False), *boolean),
-    )
-    # Each key must apply to some method the spec can choose.
-    if "sparsity" in p and methods == {"none"}:
-        raise SpecError("compress.prune.sparsity", "is only used when method is not none", p["sparsity"],
-                        "set method: magnitude or remove sparsity")
-    if "sparsity" in p and threshold is not None and "structured" not in methods:
-        raise SpecError("compress.prune.sparsity", "is not used when threshold is set (magnitude pruning "
-                        "then zeroes |w| < threshold)", p["sparsity"], "remove sparsity or threshold")
-    for key in ("threshold", "scope", "gradual"):
-        if key in p and "magnitude" not in methods:
-            raise SpecError(f"compress.prune.{key}", "is only used when method is magnitude", p[key],
-                            f"set method: magnitude or remove {key}")
-    bits_ok = lambda v: _is_int(v) and (2 <= v <= 8 or v == 32)  # noqa: E731
-    quant = Quantize(
-        bits=_param("compress.quantize.bits", q.get("bits", 32), bits_ok,
-                    "bits must be an integer in 2..8, or 32 for no quantization", True),
-        per_channel=_param("compress.quantize.per_channel", q.get("per_channel", True), *boolean),
-        symmetric=_param("compress.quantize.symmetric", q.get("symmetric", False), *boolean),
-        mode=_param("compress.quantize.mode", q.get("mode", "ptq"), lambda v: v in QUANT_MODES,
-                    f"must be one of {', '.join(QUANT_MODES)}"),
-        qat_epochs=_param("compress.quantize.qat_epochs", q.get("qat_epochs", 1),
-                          lambda v: _is_int(v) and v >= 1, "must be an integer >= 1 (mode: ptq for none)", True),
-    )
-    if isinstance(quant.bits, IntRange) and quant.bits.high > 8:  # {int: [4, 8]} means 4..8 bits
-        raise SpecError("compress.quantize.bits", "an int range of bits must lie within 2..8 (9..31 are not valid)",
-                        q["bits"], "use {choice: [4, 8, 32]} to include 32 (no quantization)")
-    modes = {quant.mode.value} if isinstance(quant.mode, Fixed) else set(quant.mode.values)
-    if "qat_epochs" in q and "qat" not in modes:
-        raise SpecError("compress.quantize.qat_epochs", "is only used when mode is qat", q["qat_epochs"],
-                        "set mode: qat or remove qat_epochs")
-    return prune, quant
+def _parse_compress(raw: Any) -> tuple[Section, ...]:
+    c = _mapping("compress", raw or {}, tuple(METHODS))
+    sections = []
+    for name, method in METHODS.items():
+        given = _mapping(f"compress.{name}", c.get(name) or {}, tuple(k.name for k in method.keys))
+        sections.append(parse_section(method, given))
+    return tuple(sections)
 
 
 def _parse_early_stop(raw: Any) -> "EarlyStop | None":
@@ -466,15 +379,14 @@ def parse_spec(raw: Any) -> Spec:
     objectives = _parse_objectives(top.get("objectives"), task.kind)
     constraints = _parse_constraints(top.get("constraints"))
     space = _parse_space(top.get("space"), task.model_is_hook)
-    prune, quant = _parse_compress(top.get("compress"))
+    sections = _parse_compress(top.get("compress"))
     return Spec(
         name=name,
         task=task,
         objectives=objectives,
         space=space,
         constraints=constraints,
-        prune=prune,
-        quantize=quant,
+        compress=sections,
         search=_parse_search(top.get("search")),
         resources=_parse_resources(top.get("resources")),
         source=raw,

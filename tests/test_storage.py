@@ -406,8 +406,8 @@ def test_local_lease_has_exactly_one_winner_under_a_race(tmp_path):
     assert store.listdir() == []  # no lock, no temporary file left
 
 
-def test_cluster_storage_uri_is_refused_without_echoing_credentials(tmp_path, monkeypatch, capsys):
-    """`cluster up` and `submit` take a shared folder only, for now: one line, nothing started or written."""
+def test_cluster_storage_uri_with_credentials_is_refused_without_echoing_them(tmp_path, monkeypatch, capsys):
+    """`cluster up` and `submit` take a URI, never one carrying credentials: one line, nothing started or written."""
     from cluster._jobs import _storage
     from slimtune.cli import main
 
@@ -415,9 +415,10 @@ def test_cluster_storage_uri_is_refused_without_echoing_credentials(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["cluster", "up", "--storage", "s3://AKIAPLANTED:PLANTEDSECRET@b/x"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "storage: must be a folder every node" in err and "PLANTEDSECRET" not in err and len(err.splitlines()) == 1
+    assert "storage: a storage URI must not carry credentials" in err and "PLANTEDSECRET" not in err
+    assert len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(SpecError, match="storage: must be a folder") as exc:
+    with pytest.raises(SpecError, match="storage: a storage URI must not carry credentials") as exc:
         _storage("s3://b/x?secret_key=PLANTEDSECRET", None)
     assert "PLANTEDSECRET" not in str(exc.value)
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from search.results.table import pareto_front
+from search.results.pareto import pareto_front
+from spaces import TASK_METRIC, task_metric
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
     n_ok = int((own["status"] == "ok").sum()) if len(own) else 0
     n_failed = int((own["status"] == "failed").sum()) if len(own) else 0
     n_stopped = int((own["status"] == "stopped").sum()) if len(own) else 0
-    metric = "r2" if "r2" in objectives else "accuracy"
+    metric = next((m for m in TASK_METRIC.values() if m in objectives), task_metric(None))
     front = pareto_front(df, objectives) if len(ok) else ok
     best = []
     if len(ok) and metric in ok and "size_bytes" in ok:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from search.task.data import Data, importable, load_data, sweep_split_seed
 from search.results.table import RESULTS, STUDY, SWEEP, load_results, sweep_meta, write_results
-from search.results.rows import (COMPRESS_PARAMS, RESULT_KEYS, DefineByRun, make_row, outcome,  # noqa: F401
+from search.results.rows import (COMPRESS_PARAMS, DefineByRun, make_row, outcome,  # noqa: F401
                           param_names, trial_seed)
 from search.trial import TrialSetup, run_trial
 from search.lease import Lease
@@ -251,7 +251,7 @@ class ArtifactSink:
 def _check_task(spec: Spec, data: Data) -> None:
     want = TASK_METRIC[data.kind]
     for name in spec.metric_names + [b.metric for b in spec.constraints]:
-        if name in ("accuracy", "r2") and name != want:
+        if name in TASK_METRIC.values() and name != want:
             raise SpecError(f"objectives.{name}", f"this is a {data.kind} task, which reports {want}", name,
                             f"use {want}")
     # Build the model of the spec's first configuration once, so a model hook that does not

@@ -32,9 +32,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from search.results.table import load_results, pareto_front, sweep_meta, write_atomic
+from search.results.pareto import pareto_front
+from search.results.table import load_results, sweep_meta, write_atomic
 from search.storage import Storage
-from spaces import BUILTIN_DATASETS, SpecError
+from spaces import BUILTIN_DATASETS, SpecError, shown_columns
 
 FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
 #: Largest absolute difference allowed between onnxruntime's and PyTorch's logits.
@@ -128,8 +129,7 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str, blob: bytes | No
     n_out = int(recipe.get("output_dim", 1))
     df = load_results(path)
     front = pareto_front(df)
-    metric_cols = ["accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
-                   "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "feasible"]
+    metric_cols = [*shown_columns("export"), "feasible"]
     return {
         "slimtune_export": EXPORT_VERSION,
         "format": fmt,
@@ -155,10 +155,18 @@ def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
     on the artifact holds only the model, and the row's parameters give them."""
     if "configs" in art:
         return art["configs"]
+    import dataclasses
+
     import compress
     from search.trial import compression_configs
 
-    return [compress.config_to_json(c) for part in compression_configs(row.to_dict()) for c in part]
+    def as_json(c: Any) -> dict[str, Any]:
+        try:
+            return compress.config_to_json(c)
+        except TypeError:  # a declared method's own config type: recorded, not rebuildable by compress
+            return {"_type": type(c).__name__, "_data": dataclasses.asdict(c)}
+
+    return [as_json(c) for part in compression_configs(row.to_dict()) for c in part]
 
 
 def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False,
@@ -265,13 +273,15 @@ def _probe(shape: list[int], n: int = 16) -> np.ndarray:
 def _write_torchscript(model, manifest: dict[str, Any], out: Path) -> None:
     import torch
 
+    import io
+
     example = torch.from_numpy(_probe(manifest["model"]["input_shape"], 2))
+    buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(model, example)
-        tmp = out.with_name(f".{out.name}.tmp")
-        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(manifest)})
-    tmp.replace(out)
+        torch.jit.save(traced, buf, _extra_files={EXTRA_FILE: json.dumps(manifest)})
+    write_atomic(out, buf.getvalue())
 
 
 def _write_onnx(model, manifest: dict[str, Any], out: Path) -> None:

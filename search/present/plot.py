@@ -1,4 +1,5 @@
-"""The Pareto plot of a sweep (PNG, matplotlib's Agg canvas) and the hypervolume it uses.
+"""The Pareto plot of a sweep (PNG, matplotlib's Agg canvas) with the hypervolume curve
+(the front and hypervolume themselves: :mod:`search.results.pareto`).
 
 Left panel: the task metric (accuracy, or r2 for regression) of every finished trial against
 its artifact size (log x). Front members are coloured, joined by the front's step line and
@@ -21,105 +22,18 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from search.results.table import load_results, pareto_front, sweep_meta, write_atomic
+from search.results.pareto import hypervolume, hypervolume_curve, pareto_front  # noqa: F401 (hypervolume: re-exported)
+from search.results.table import load_results, sweep_meta, write_atomic
 from search.storage import Storage
-from spaces import TASK_METRIC, SpecError
+from spaces import SpecError
+from spaces import task_metric as _task_metric
 
 #: Size axis of the plot (and of the hypervolume it draws).
 SIZE = "size_bytes"
 
 
-def _finished(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows that can enter a front: finished and feasible (as :func:`pareto_front` filters)."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    if "feasible" in ok:
-        ok = ok[ok["feasible"].fillna(False).astype(bool)]
-    return ok
-
-
-def _nondominated(costs: np.ndarray) -> np.ndarray:
-    """The rows of ``costs`` (minimised) that no other row dominates (duplicates kept once)."""
-    costs = np.unique(costs, axis=0)
-    le = np.all(costs[:, None, :] <= costs[None, :, :], axis=2)  # le[j, i]: j <= i everywhere
-    lt = np.any(costs[:, None, :] < costs[None, :, :], axis=2)
-    dominated = np.any(le & lt, axis=0)
-    return costs[~dominated]
-
-
-def _hv(points: np.ndarray, ref: np.ndarray) -> float:
-    """Volume dominated by ``points`` (minimised, all strictly below ``ref``) up to ``ref``.
-
-    Slices along the first coordinate: between consecutive points the dominated region in the
-    remaining coordinates is that of the points already passed.
-    """
-    if len(points) == 0:
-        return 0.0
-    if points.shape[1] == 1:
-        return float(ref[0] - points[:, 0].min())
-    pts = points[np.argsort(points[:, 0], kind="stable")]
-    total = 0.0
-    for i in range(len(pts)):
-        upper = pts[i + 1, 0] if i + 1 < len(pts) else ref[0]
-        if upper > pts[i, 0]:
-            total += (upper - pts[i, 0]) * _hv(_nondominated(pts[: i + 1, 1:]), ref[1:])
-    return total
-
-
-def _costs(df: pd.DataFrame, objectives: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    signs = np.array([-1.0 if d == "max" else 1.0 for d in objectives.values()])
-    vals = df[list(objectives)].to_numpy(dtype=float) * signs if len(df) else np.zeros((0, len(objectives)))
-    return vals[np.all(np.isfinite(vals), axis=1)], signs
-
-
-def hypervolume(df: pd.DataFrame, objectives: Mapping[str, str], ref: Mapping[str, float]) -> float:
-    """Hypervolume of the feasible finished rows of ``df`` with respect to the point ``ref``.
-
-    ``objectives`` maps column → ``"max"``/``"min"`` (as for :func:`pareto_front`); ``ref``
-    maps the same columns to the reference value: the worst value still counted (e.g.
-    ``{"accuracy": 0.0, "size_bytes": largest dense_bytes}``). It is the volume of the region
-    that some row is at least as good as and that is better than ``ref`` in every objective;
-    rows no better than ``ref`` in some objective add nothing. Units: the product of the
-    objectives' units (accuracy × bytes for the default objectives).
-    """
-    objectives = dict(objectives)
-    if set(ref) != set(objectives):
-        raise ValueError(f"ref must give a value for each objective {list(objectives)}, but got {dict(ref)}")
-    for col, direction in objectives.items():
-        if direction not in ("max", "min"):
-            raise ValueError(f"objectives.{col}: direction must be max or min, but got {direction!r}")
-        if col not in df.columns:
-            raise ValueError(f"objectives: {col!r} must be a column of the frame, but got columns {list(df.columns)}")
-    costs, signs = _costs(_finished(df), objectives)
-    r = np.array([float(ref[c]) for c in objectives]) * signs
-    costs = costs[np.all(costs < r, axis=1)]
-    if not len(costs):
-        return 0.0
-    return _hv(_nondominated(costs), r)
-
-
-def hypervolume_curve(df: pd.DataFrame, objectives: Mapping[str, str],
-                      ref: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(trial numbers, hypervolume of the front of the trials up to each), all trials in order."""
-    objectives = dict(objectives)
-    order = df.sort_values("trial_number", kind="stable")
-    r = np.array([float(ref[c]) for c in objectives]) * np.array([-1.0 if d == "max" else 1.0
-                                                                   for d in objectives.values()])
-    fin = set(_finished(order).index)
-    front = np.zeros((0, len(objectives)))
-    numbers, values, hv = [], [], 0.0
-    for idx, row in order.iterrows():
-        if idx in fin:
-            cost, _ = _costs(order.loc[[idx]], objectives)
-            if len(cost) and np.all(cost[0] < r):
-                front = _nondominated(np.vstack([front, cost]))
-                hv = _hv(front, r)
-        numbers.append(int(row["trial_number"]))
-        values.append(hv)
-    return np.array(numbers), np.array(values)
-
-
 def task_metric(meta: Mapping[str, Any]) -> str:
-    return TASK_METRIC[meta.get("kind", "classification")]
+    return _task_metric(meta.get("kind"))
 
 
 def reference_point(df: pd.DataFrame, metric: str) -> dict[str, float]:

@@ -17,9 +17,10 @@ from typing import Any, Mapping
 import pandas as pd
 
 from search.present.plot import render_png, task_metric
-from search.results.table import STUDY, load_results, pareto_front, sweep_meta, was_trained, write_atomic
+from search.results.pareto import pareto_front
+from search.results.table import STUDY, load_results, sweep_meta, was_trained, write_atomic
 from search.storage import Storage
-from spaces import SpecError
+from spaces import SpecError, shown_columns
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1400px;
@@ -37,10 +38,11 @@ td.err{text-align:left;white-space:pre-wrap;max-width:70em}
 .card b{display:block;font-size:1.4em}
 """
 
-#: Columns of the front and trials tables, in order (those present and not all empty).
-TABLE_COLUMNS = ["trial_number", "trial_id", "status", "accuracy", "r2", "test_accuracy", "test_r2", "size_bytes",
-                 "dense_bytes", "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds",
-                 "feasible"]
+
+def table_columns() -> list[str]:
+    """Columns of the front and trials tables, in order (those present and not all empty): the
+    metrics the report shows (``spaces.METRIC_TABLE``), then ``feasible``."""
+    return ["trial_number", "trial_id", "status", *shown_columns("report"), "feasible"]
 
 
 def _table(df: pd.DataFrame, cols: list[str], table_id: str) -> str:
@@ -160,7 +162,7 @@ def render_report(path: str | Path) -> str:
 <h2>Pareto front</h2>
 <p>Non-dominated, feasible, finished trials, best {html.escape(next(iter(meta['objectives']), ''))} first.
 {f'Export one: <code>{html.escape(example)}</code>' if example else ''}</p>
-{_table(front, TABLE_COLUMNS + params, "front")}
+{_table(front, table_columns() + params, "front")}
 
 <h2>Parameter importances</h2>
 <p class="muted">Optuna's fANOVA (seed 0) on <code>{STUDY}</code>, per objective, over the parameters sampled in
@@ -171,7 +173,7 @@ every complete trial.</p>
 {failed_html}
 
 <h2>All trials</h2>
-{_table(df, TABLE_COLUMNS + params, "trials")}
+{_table(df, table_columns() + params, "trials")}
 
 <h2>Spec</h2>
 <pre id="spec">{html.escape(spec_yaml)}</pre>

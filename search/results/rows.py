@@ -9,15 +9,17 @@ import json
 import math
 from typing import Any
 
-from spaces import Spec
+from spaces import METHODS, Spec, result_columns
 
-#: Parameters that always have a column, in this order, after the spec's own space.
-COMPRESS_PARAMS = ["epochs", "prune_method", "sparsity", "threshold", "scope", "finetune_epochs", "gradual", "bits",
-                   "per_channel", "symmetric", "quant_mode", "qat_epochs"]
+#: Parameters that always have a column, in this order, after the spec's own space: ``epochs``
+#: and each built-in compression key (``spaces._methods``; a spec's own: ``Spec.compress_columns``).
+COMPRESS_PARAMS = ["epochs", *(column for method in METHODS.values() for column in method.columns)]
 
-#: Columns a finished trial's row takes from its final report.
-RESULT_KEYS = ("accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss", "size_bytes", "dense_bytes",
-               "compression_ratio", "params", "nonzero_params", "latency_ms", "train_seconds", "node", "artifact")
+
+def result_keys() -> list[str]:
+    """Columns a finished trial's row takes from its final report: every declared metric
+    (``spaces.METRIC_TABLE``), then where it ran and its artifact."""
+    return [*result_columns(), "node", "artifact"]
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:
@@ -26,7 +28,7 @@ def trial_seed(sweep_seed: int, number: int) -> int:
 
 
 def param_names(spec: Spec) -> list[str]:
-    return [name for name, _ in spec.space] + COMPRESS_PARAMS
+    return [name for name, _ in spec.space] + spec.compress_columns
 
 
 class DefineByRun:
@@ -50,7 +52,7 @@ def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str
     row.update({k: v for k, v in cfg.items() if k not in row})
     if status == "ok":
         assert result is not None
-        row.update({k: result.get(k) for k in RESULT_KEYS})
+        row.update({k: result.get(k) for k in result_keys()})
         row["feasible"] = all(b.violation(float(result[b.metric])) <= 0 for b in spec.constraints)
     return row
 

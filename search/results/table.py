@@ -7,32 +7,36 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
+from search.results.pareto import pareto_front  # noqa: F401 (the front beside the table it reads)
 from search.storage import Storage, write_local_atomic
-from spaces import SpecError
+from spaces import METHODS, SpecError, result_columns, whole_columns
 
 RESULTS = "results.parquet"
 SWEEP = "sweep.json"
 STUDY = "study.db"
 
-#: Columns always present, in this order, after ``trial_id``/``status`` and the parameters.
-METRIC_COLUMNS = [
-    "accuracy", "r2", "loss", "test_accuracy", "test_r2", "test_loss",
-    "size_bytes", "dense_bytes", "compression_ratio", "params", "nonzero_params",
-    "latency_ms", "train_seconds", "feasible", "node", "error", "artifact", "parent",
-]
-#: Columns of whole numbers: nullable integers (``Int64``) in :func:`load_results`, so that a
-#: missing value (a failed or stopped trial) does not turn the column into floats.
-INT_COLUMNS = ("trial_number", "seed", "size_bytes", "dense_bytes", "params", "nonzero_params", "parent",
-               "predicted_size_bytes", "epochs", "batch_size", "depth", "width", "finetune_epochs", "bits",
-               "qat_epochs")
+#: Columns of a row besides the parameters and the metrics (``spaces.result_columns``).
+ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent"]
+
+
+def metric_columns() -> list[str]:
+    """Columns always present, in this order, after ``trial_id``/``status`` and the parameters:
+    the declared metrics (``spaces.METRIC_TABLE``), then :data:`ROW_COLUMNS`."""
+    return [*result_columns(), *ROW_COLUMNS]
+
+
+def int_columns() -> list[str]:
+    """Columns of whole numbers: nullable integers (``Int64``) in :func:`load_results`, so that a
+    missing value (a failed or stopped trial) does not turn the column into floats."""
+    return ["trial_number", "seed", "parent", "predicted_size_bytes", *whole_columns(), "epochs", "batch_size",
+            "depth", "width", *(k.col for m in METHODS.values() for k in m.keys if k.kind == "int")]
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with :data:`INT_COLUMNS` as ``Int64`` where every value present is a whole number."""
-    for col in INT_COLUMNS:
+    """``df`` with :func:`int_columns` as ``Int64`` where every value present is a whole number."""
+    for col in int_columns():
         if col not in df or isinstance(df[col].dtype, pd.Int64Dtype):
             continue
         values = pd.to_numeric(df[col], errors="coerce")
@@ -56,7 +60,7 @@ def write_results(out: str | Path | Storage, rows: Iterable[Mapping[str, Any]], 
 
 def frame(rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
     rows = list(rows)
-    cols = ["trial_id", "trial_number", "status", *param_names, "seed", *METRIC_COLUMNS]
+    cols = ["trial_id", "trial_number", "status", *param_names, "seed", *metric_columns()]
     extra = sorted({k for r in rows for k in r} - set(cols))
     df = pd.DataFrame(rows, columns=cols + extra)
     if len(df):
@@ -87,7 +91,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """Read a sweep's results (a local folder or a URI: ``s3://…``, ``gs://…``): one row per trial.
 
     Schema (``df.attrs["objectives"]`` maps each objective to ``"max"``/``"min"``). Whole-number
-    columns (counts, bytes, trial numbers, integer parameters; :data:`INT_COLUMNS`) are
+    columns (counts, bytes, trial numbers, integer parameters; :func:`int_columns`) are
     nullable integers (``Int64``): ``<NA>`` where a row has no value.
 
     ===================  ===========================================================
@@ -131,43 +135,3 @@ def load_results(path: str | Path) -> pd.DataFrame:
     df.attrs["constraints"] = meta.get("constraints", {})
     df.attrs["name"] = meta["name"]
     return df
-
-
-def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.all(a <= b) and np.any(a < b))
-
-
-def pareto_front(df: pd.DataFrame, objectives: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The non-dominated, feasible, finished rows of ``df``.
-
-    ``objectives`` maps column → ``"max"``/``"min"``; by default the sweep's own
-    (``df.attrs["objectives"]``, set by :func:`load_results`). Sorted by the first objective,
-    best first.
-    """
-    objectives = dict(objectives or df.attrs.get("objectives") or {})
-    if not objectives:
-        raise ValueError("pareto_front needs objectives: pass objectives={'accuracy': 'max', ...} "
-                         "or a frame from load_results()")
-    for col, direction in objectives.items():
-        if col not in df.columns:
-            raise ValueError(f"objectives: {col!r} must be a column of the frame, but got columns {list(df.columns)}")
-        if direction not in ("max", "min"):
-            raise ValueError(f"objectives.{col}: direction must be max or min, but got {direction!r}")
-    ok = df[(df["status"] == "ok")] if "status" in df else df
-    if "feasible" in ok:
-        ok = ok[ok["feasible"].fillna(False).astype(bool)]
-    vals = ok[list(objectives)].to_numpy(dtype=float, na_value=np.nan)
-    signs = np.array([-1.0 if d == "max" else 1.0 for d in objectives.values()])
-    costs = vals * signs
-    finite = np.all(np.isfinite(costs), axis=1)
-    keep = []
-    for i in range(len(costs)):
-        if not finite[i]:
-            continue
-        if not any(finite[j] and _dominates(costs[j], costs[i]) for j in range(len(costs)) if j != i):
-            keep.append(i)
-    front = ok.iloc[keep]
-    first, d = next(iter(objectives.items()))
-    front = front.sort_values(first, ascending=(d == "min"), kind="stable")
-    front.attrs = dict(df.attrs)
-    return front

@@ -26,7 +26,7 @@ from ray.tune.search import Searcher
 
 from search.task.data import Data
 from search.results.rows import DefineByRun, jsonable, make_row, outcome
-from spaces import Spec, SpecError
+from spaces import Spec, SpecError, worst_value
 
 #: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
 #: puts it with the infeasible trials; random learns nothing). NSGA-II and GP read only
@@ -40,8 +40,7 @@ MAX_SKIPS = 200
 def told_values(spec: Spec, predicted: dict[str, float]) -> list[float]:
     """Objective values told for an untrained configuration (NSGA-II, GP): the prediction
     where there is one, else the worst plausible value. The trial is marked ``trained: false``."""
-    worst = {"accuracy": 0.0, "r2": -1.0, "compression_ratio": 0.0}
-    return [float(predicted[name]) if name in predicted else (worst.get(name, 0.0) if mode == "max" else 1e12)
+    return [float(predicted[name]) if name in predicted else worst_value(name, mode)
             for name, mode in zip(spec.metric_names, spec.modes)]
 
 

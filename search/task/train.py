@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from search.task.data import Data
+from spaces import task_metric
 
 
 class TrainingDiverged(FloatingPointError):
@@ -72,15 +73,16 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` for classification, ``{"loss", "r2"}`` for regression."""
+    """``{"loss", <the task's metric>}``: accuracy for classification, r2 for regression
+    (``spaces.TASK_METRIC``)."""
     model.eval()
     xt, yt = _tensors(x, y, kind)
     out = torch.cat([model(xt[i:i + 4096]) for i in range(0, len(xt), 4096)])
     loss = float(_loss_fn(kind)(out, yt))
     if kind == "classification":
-        return {"loss": loss, "accuracy": float((out.argmax(-1) == yt).float().mean())}
+        return {"loss": loss, task_metric(kind): float((out.argmax(-1) == yt).float().mean())}
     pred = out.squeeze(-1)
     ss_res = float(((pred - yt) ** 2).sum())
     ss_tot = float(((yt - yt.mean()) ** 2).sum())
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else -math.inf)
-    return {"loss": loss, "r2": r2}
+    return {"loss": loss, task_metric(kind): r2}
