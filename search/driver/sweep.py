@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from search.results.rows import (COMPRESS_PARAMS, DefineByRun, make_row, outcome
                           param_names, trial_seed)
 from search.trial import TrialSetup, run_trial
 from search.lease import Lease
-from search.storage import Storage
+from search.storage import AWS_KEY_VARS, Storage
 from spaces import TASK_METRIC, Spec, SpecError, parse_spec, require_search
 
 LOCK = ".lock"
@@ -212,14 +212,27 @@ class SweepPlace:
                 self.warned = True
 
     def ray_storage(self) -> dict[str, Any]:
-        """Ray Tune's own experiment folder: ``ray/`` in the same storage (every node reaches a URI)."""
-        if not self.remote:
-            return {"storage_path": str(self.work / "ray")}
-        return {"storage_path": self.storage.join("ray"), "storage_filesystem": self.storage.fs}
+        """Ray Tune's own experiment folder, on the driver's disk: ``ray/`` in a local sweep folder,
+        the driver's temporary folder for a URI. Nothing checkpoints into it from a trial and no
+        resume reads it (the study is the record), so no node but the driver's needs to reach it."""
+        return {"storage_path": str(self.work / "ray")}
 
     def close(self) -> None:
         if self.remote:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextmanager
+def _aws_keys_hidden():
+    """While Tune runs: the AWS key variables out of this process's environment, so Ray Tune does
+    not copy them into every trial actor's ``runtime_env`` (shown by the dashboard). Trials get
+    credentials from their node's own environment or profile; the driver's storage holds its keys
+    (:meth:`Storage.holding_env_keys`)."""
+    saved = {k: os.environ.pop(k) for k in AWS_KEY_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _artifact_sink(storage: Storage):
@@ -413,7 +426,8 @@ def _drive(spec: Spec, place: SweepPlace, data: Data, trials: int, budget: int, 
                                       callbacks=[_ray_callback(spec, place, rows, budget, quiet)],
                                       failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
         )
-        tuner.fit()
+        with _aws_keys_hidden():  # a local Ray's workers got them as it started: they inherit its environment
+            tuner.fit()
         # Rows the searcher added after the last trial's row was written (ladder rungs of a
         # batch told at its end): the table holds every row once the sweep is over.
         now = time.time()
@@ -449,6 +463,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
     if warm_start is not None:
         sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, storage = prepare(spec, out, base_dir)
+    storage = storage.holding_env_keys()  # for the driver only (lease, record): never pickled with its keys
     spec = spec.for_kind(data.kind)  # default objectives follow the task kind found in the data
     storage.makedirs()
     with SweepLock(storage):
@@ -519,6 +534,7 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
 
     storage = Storage.open(path, "path")
     meta = sweep_meta(storage)  # checks a URI's bucket and credentials first
+    storage = storage.holding_env_keys()  # for the driver only (lease, record): never pickled with its keys
     if add_trials < 0:
         raise SpecError("trials", "must be an integer >= 1", add_trials)
     spec = parse_spec(meta["spec"])
