@@ -49,7 +49,12 @@ def redact(uri: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-def _s3_fs(opts: dict[str, str]) -> pafs.FileSystem:
+#: AWS variables Ray Tune copies from the driver's environment into every trial actor's
+#: ``runtime_env`` (where the dashboard shows them): the driver hides them while Tune runs.
+AWS_KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _s3_fs(opts: dict[str, str], keys: dict[str, str] | None = None) -> pafs.FileSystem:
     endpoint = opts.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
         "AWS_ENDPOINT_URL")
     scheme = opts.get("scheme")
@@ -60,7 +65,7 @@ def _s3_fs(opts: dict[str, str]) -> pafs.FileSystem:
         region=opts.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         endpoint_override=endpoint or None, scheme=scheme or None,
         connect_timeout=CONNECT_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS))
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS), **(keys or {}))
 
 
 def _gcs_fs(opts: dict[str, str]) -> pafs.FileSystem:
@@ -79,6 +84,22 @@ class Storage:
     uri: str
     root: str
     fs: pafs.FileSystem = field(compare=False, repr=False)
+
+    def __reduce__(self):
+        # Pickled as its URI: each process opens it with its own credential chain, so a
+        # filesystem holding keys (:meth:`holding_env_keys`) never leaves this process.
+        return (Storage.open, (self.uri,))
+
+    def holding_env_keys(self) -> Storage:
+        """This storage with the AWS keys of this process's environment fixed in its filesystem
+        (for a driver that hides them from Ray while Tune runs); itself for anything else."""
+        if not self.uri.startswith("s3://") or not os.environ.get("AWS_ACCESS_KEY_ID"):
+            return self
+        keys = {"access_key": os.environ["AWS_ACCESS_KEY_ID"],
+                "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+                "session_token": os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN")}
+        opts = dict(parse_qsl(urlsplit(self.uri).query))
+        return Storage(uri=self.uri, root=self.root, fs=_s3_fs(opts, {k: v for k, v in keys.items() if v}))
 
     @classmethod
     def open(cls, where: str | os.PathLike, field: str = "out") -> Storage:
@@ -250,20 +271,6 @@ def _access_error(field: str, uri: str, exc: BaseException) -> SpecError:
         return SpecError(field, "credentials for the storage must be found", uri,
                          f"none found ({text[:200]}); set AWS_* / GOOGLE_APPLICATION_CREDENTIALS")
     return SpecError(field, "storage must be reachable", uri, f"{type(exc).__name__}: {text[:240]}")
-
-
-def local_folder(where: str | os.PathLike, field: str = "out") -> Path:
-    """The local folder ``where`` names; a one-line SpecError for a URI of an object store.
-
-    For what does not yet write to object storage (the sweep driver): better refused before Ray
-    starts than a local folder named ``s3:``.
-    """
-    st = Storage.open(where, field)
-    if st.local_path is None:
-        raise SpecError(field, "must be a local folder: sweeps are not yet written to object storage", st.uri,
-                        "write to a local or shared folder; copy it to the bucket, where results and "
-                        "load_results read it")
-    return st.local_path
 
 
 def write_local_atomic(path: Path, data: bytes) -> None:

@@ -1,8 +1,13 @@
 """The trial function: the one place where training meets compression.
 
 It runs inside a Ray worker: build the model, train (reporting validation metrics each
-epoch), compress as the trial's configuration says, evaluate the compressed model, write
+epoch), compress as the trial's configuration says, evaluate the compressed model, store
 its artifact, and report the objectives.
+
+No node needs the sweep's folder mounted: a trial of a sweep at a URI writes its artifact
+there itself (credentials from the node's own standard chains); for a local folder the bytes
+go through Ray to the driver's node (:attr:`TrialSetup.sink`), which writes them. A trial
+reports its final result only once its artifact is stored.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import importlib
 import os
 import random
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from torch import nn
 
 import compress
 from search.task.data import Data
+from search.storage import Storage
 from search.task.train import Schedule, evaluate, train
 from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, Metric, MethodKeys, Spec, computed_metrics, task_metric
 
@@ -31,13 +38,14 @@ from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, Metric, MethodKeys, S
 class TrialSetup:
     """What every trial of a sweep shares (sent once through Ray's object store)."""
 
-    out_dir: str  # absolute path of the sweep folder
+    out_dir: str  # the sweep's folder: an absolute path or a credential-free URI (s3://, gs://)
     model: str  # mlp | cnn | module:function
     kind: str
     threads: int = 1
     spec: Spec | None = None  # for the ladder's draws
     ladder: int = 0
     code_dir: str | None = None  # the spec's folder, put on sys.path so module:function hooks beside it import
+    sink: Any = None  # a local folder: the Ray actor on the driver's node that writes artifacts there
     #: Declared metrics the trial computes through their hook (taken where the sweep starts: a
     #: worker process does not see declarations made there).
     metrics: tuple[Metric, ...] = field(default_factory=computed_metrics)
@@ -46,6 +54,26 @@ class TrialSetup:
     def methods(self) -> tuple[MethodKeys, ...]:
         """The compression methods of the sweep's spec (its own declarations travel with it)."""
         return tuple(s.declared for s in self.spec.compress) if self.spec is not None else ()
+
+
+def store_artifact(setup: TrialSetup, rel: str, blob: bytes) -> int:
+    """Store the artifact ``blob`` at ``rel`` in the sweep's folder; the stored object's length.
+
+    Through ``setup.sink`` (a Ray actor on the driver's node) when there is one, else straight
+    into ``setup.out_dir`` (a URI, or a folder this process sees).
+    """
+    if setup.sink is not None:
+        import ray
+
+        stored = int(ray.get(setup.sink.put.remote(rel, blob)))
+    else:
+        st = Storage.open(setup.out_dir)
+        st.makedirs(rel.rpartition("/")[0])
+        st.write_atomic(rel, blob)
+        stored = st.size(rel)
+    if stored != len(blob):
+        raise OSError(f"artifact {rel}: stored {stored} bytes of {len(blob)}")
+    return stored
 
 
 def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[str, Any]:
@@ -183,21 +211,23 @@ def layer_widths(model: nn.Module) -> tuple[str | None, float | None]:
 
 
 def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
-            out_dir: str, name: str, computed: Iterable[Metric] = ()) -> dict[str, Any]:
-    """Evaluate a compressed model, write its artifact, and return the metrics of a row: those
+            setup: TrialSetup, name: str, computed: Iterable[Metric] = ()) -> dict[str, Any]:
+    """Evaluate a compressed model, store its artifact, and return the metrics of a row: those
     measured here, and each of ``computed`` through its declared ``compute`` hook."""
     val = evaluate(model, data.x_val, data.y_val, data.kind)
     test = evaluate(model, data.x_test, data.y_test, data.kind)
     params, nonzero = compress.count_params(model)
-    rel = Path("artifacts") / f"{name}.slim"
-    path = Path(out_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rel = f"artifacts/{name}.slim"
     split = [m for m in METRIC_TABLE.values() if m.split and m.task in (None, data.kind)]
     metrics = {**{m.name: val[m.name] for m in split}, **{f"test_{m.name}": test[m.name] for m in split}}
     for m in computed:
         module, fn = m.compute.split(":")
         metrics[m.name] = float(getattr(importlib.import_module(module), fn)(model, data))
-    size = compress.save(model, path, recipe=recipe)
+    with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:  # this node's own scratch
+        path = Path(tmp) / "model.slim"
+        compress.save(model, path, recipe=recipe)
+        blob = path.read_bytes()
+    size = store_artifact(setup, rel, blob)
     dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
     return {
         **metrics,
@@ -207,7 +237,7 @@ def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str,
         "params": params,
         "nonzero_params": nonzero,
         "latency_ms": compress.latency_ms(model, data.input_shape),
-        "artifact": str(rel),
+        "artifact": rel,
         **dict(zip(("layer_bits", "avg_bits"), layer_widths(model))),
     }
 
@@ -274,7 +304,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, schedule=schedule_of(config), **train_args)
     model, configs = compress_trained(dense, config, data, train_args, setup.methods)
     train_seconds = time.perf_counter() - t0
-    final = {**measure(model, configs, dense, recipe, data, setup.out_dir, trial_name, setup.metrics),
+    final = {**measure(model, configs, dense, recipe, data, setup, trial_name, setup.metrics),
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
     if setup.ladder and setup.spec is not None:
         rungs = []
@@ -282,7 +312,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
             t1 = time.perf_counter()
             small, rung_configs = compress_trained(dense, rung, data, train_args, setup.methods)
             rungs.append({"config": rung,
-                          **measure(small, rung_configs, dense, recipe, data, setup.out_dir, f"{trial_name}-r{k}",
+                          **measure(small, rung_configs, dense, recipe, data, setup, f"{trial_name}-r{k}",
                                     setup.metrics),
                           "train_seconds": time.perf_counter() - t1, "node": final["node"]})
         final["ladder"] = rungs

@@ -13,7 +13,8 @@ from slimtune._command import Command
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML spec file")
-    p.add_argument("--out", required=True, help="sweep folder to create (results.parquet, study.db, artifacts/)")
+    p.add_argument("--out", required=True, help="sweep folder or URI to create (results.parquet, study.db, "
+                                                "artifacts/): a path, s3://bucket/prefix or gs://bucket/prefix")
     p.add_argument("--address", default=None,
                    help="Ray address to run on (default: RAY_ADDRESS, else a local Ray started for the sweep)")
     p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
@@ -43,15 +44,16 @@ def _interrupt_note(out: str):
         yield
     except KeyboardInterrupt:
         from search.results.table import SWEEP
+        from search.storage import Storage
 
-        if (Path(out) / SWEEP).is_file():
+        if Storage.open(out).is_file(SWEEP):
             raise KeyboardInterrupt(f"interrupted; the trials that finished are kept; continue with: "
                                     f"slimtune resume {shlex.quote(str(out))}") from None
         raise KeyboardInterrupt("interrupted before the sweep started; nothing was written") from None
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="sweep folder")
+    p.add_argument("path", help="sweep folder or URI (s3://…, gs://…)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
 
@@ -66,15 +68,18 @@ def _finish(path: str, df) -> int:
     and the rows that are not trainings; 1 when no trial succeeded."""
     from search import sweep_progress
     from search.driver.progress import counts
+    from search.storage import Storage
 
     p = sweep_progress(path)
+    st = Storage.open(path)
+    where = st.uri_of("results.parquet") if st.local_path is None else Path(path) / "results.parquet"
     promoted = int((df["parent"].notna() & df["budget"].notna()).sum()) if "budget" in df else 0
     rungs = int(df["parent"].notna().sum()) - promoted if "parent" in df else 0
     skipped = int((df["status"] == "infeasible").sum())
     extra = [f"{rungs} ladder rungs"] * bool(rungs) + [f"{skipped} skipped as infeasible"] * bool(skipped)
     extra += [f"{promoted} promoted to longer budgets"] * bool(promoted)
     rows = f"{len(df)} rows" + (f" ({', '.join(extra)})" if extra else "")
-    print(f"trained trials {p.finished}/{p.budget} finished ({counts(p)}); {rows} in {Path(path) / 'results.parquet'}")
+    print(f"trained trials {p.finished}/{p.budget} finished ({counts(p)}); {rows} in {where}")
     return 0 if (df["status"] == "ok").any() else 1
 
 

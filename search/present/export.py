@@ -34,6 +34,7 @@ import pandas as pd
 
 from search.results.pareto import pareto_front
 from search.results.table import load_results, sweep_meta, write_atomic
+from search.storage import Storage
 from spaces import BUILTIN_DATASETS, SpecError, shown_columns
 
 FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
@@ -117,10 +118,12 @@ def preprocess_of(meta: dict[str, Any], kind: str, n_outputs: int) -> dict[str, 
     return pre
 
 
-def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any]:
-    """The manifest an export carries: what the model is, how it was found, how to feed it."""
-    meta = sweep_meta(path)
-    art = load_artifact(Path(path) / row["artifact"], field="artifact", manifest_only=True)
+def export_manifest(path: str | Path, row: pd.Series, fmt: str, blob: bytes | None = None) -> dict[str, Any]:
+    """The manifest an export carries: what the model is, how it was found, how to feed it.
+    ``blob``: the trial's artifact bytes, when already read (else read from the sweep)."""
+    st = Storage.open(path, "path")
+    meta = sweep_meta(st)
+    art = load_artifact(artifact_bytes(st, row) if blob is None else blob, field="artifact", manifest_only=True)
     recipe = art["recipe"]
     kind = meta.get("kind", "classification")
     n_out = int(recipe.get("output_dim", 1))
@@ -130,7 +133,8 @@ def export_manifest(path: str | Path, row: pd.Series, fmt: str) -> dict[str, Any
     return {
         "slimtune_export": EXPORT_VERSION,
         "format": fmt,
-        "sweep": {"name": meta["name"], "folder": str(Path(path).resolve()), "created": meta.get("created"),
+        "sweep": {"name": meta["name"], "folder": str(st.local_path.resolve()) if st.local_path else st.uri,
+                  "created": meta.get("created"),
                   "objectives": meta["objectives"], "constraints": meta.get("constraints", {})},
         "trial": {"trial_number": int(row["trial_number"]), "trial_id": str(row["trial_id"]),
                   "seed": _jsonable(row["seed"]), "artifact": str(row["artifact"]),
@@ -165,20 +169,22 @@ def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
     return [as_json(c) for part in compression_configs(row.to_dict()) for c in part]
 
 
-def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False):
+def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", manifest_only: bool = False,
+                  label: str | None = None):
     """`compress.load` (or `read_manifest`) for search and the CLI: a bad or untrusted
-    artifact is a one-line SpecError (exit 2) that names the fix."""
+    artifact is a one-line SpecError (exit 2) that names the fix (``label`` names ``src``)."""
     import compress
 
+    where = label or (f"{len(src)} bytes" if isinstance(src, (bytes, bytearray)) else str(src))
     try:
         if manifest_only:
             return compress.read_manifest(src)
         return compress.load(src, trust_code=trust_code)
     except compress.UntrustedCodeError as exc:
         raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG} "
-                        "(trust_code=True)", str(src), f"add {TRUST_FLAG} if you trust where this sweep came from") from None
+                        "(trust_code=True)", where, f"add {TRUST_FLAG} if you trust where this sweep came from") from None
     except compress.ArtifactError as exc:
-        raise SpecError(field, "must be a valid slimtune artifact", str(src), str(exc)) from None
+        raise SpecError(field, "must be a valid slimtune artifact", where, str(exc)) from None
 
 
 def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, *, trust_code: bool = False) -> Path:
@@ -189,22 +195,21 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, 
     """
     if fmt not in FORMATS:
         raise SpecError("--format", f"must be one of {', '.join(FORMATS)}", fmt)
-    row = find_trial(load_results(path), trial)
-    artifact = Path(path) / str(row["artifact"])
-    if not artifact.is_file():
-        raise SpecError("artifact", "the trial's artifact file must exist", str(artifact),
-                        "was the sweep folder copied without artifacts/?")
+    st = Storage.open(path, "path")
+    row = find_trial(load_results(st), trial)
+    blob = artifact_bytes(st, row)
     out = Path(out)
     if out.is_dir():
         raise SpecError("--out", "must be a file path, not a folder", str(out),
                         f"e.g. {out / ('model' + FORMATS[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = export_manifest(path, row, fmt)
+    manifest = export_manifest(st, row, fmt, blob)
     if fmt == "slim":
-        write_atomic(out, artifact.read_bytes())
+        write_atomic(out, blob)
         write_atomic(sidecar(out), json.dumps(manifest, indent=2).encode())
         return out
-    model = load_model(artifact, sweep_meta(path).get("base_dir"), trust_code=trust_code, field="artifact")
+    model = model_from_artifact(blob, sweep_meta(st).get("base_dir"), trust_code=trust_code, field="artifact",
+                                label=st.uri_of(str(row["artifact"])))
     if fmt == "torchscript":
         _write_torchscript(model, manifest, out)
     else:
@@ -212,22 +217,46 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, 
     return out
 
 
-def load_model(artifact: str | Path, code_dir: str | None = None, *, trust_code: bool = False,
-               field: str = "model"):
+def artifact_bytes(storage: Storage, row: pd.Series) -> bytes:
+    """The bytes of ``row``'s artifact in the sweep at ``storage`` (a folder or a URI)."""
+    rel = str(row["artifact"])
+    if not storage.is_file(rel):
+        raise SpecError("artifact", "the trial's artifact file must exist", storage.uri_of(rel),
+                        "was the sweep folder copied without artifacts/?")
+    return storage.read_bytes(rel)
+
+
+def load_model(path: str | Path, trial: str | int, *, trust_code: bool = False):
+    """The compressed model of trial ``trial`` (number or Ray trial id) of the sweep at ``path``.
+
+    ``path``: a sweep folder or a URI (``s3://…``, ``gs://…``; credentials from the standard
+    chains). The artifact is read through the storage seam and given to ``compress.load`` as
+    bytes. ``trust_code``: a ``module:function`` model is imported and run only with it.
+    """
+    st = Storage.open(path, "path")
+    row = find_trial(load_results(st), trial)
+    return model_from_artifact(artifact_bytes(st, row), sweep_meta(st).get("base_dir"), trust_code=trust_code,
+                               label=st.uri_of(str(row["artifact"])))
+
+
+def model_from_artifact(artifact: str | Path | bytes, code_dir: str | None = None, *, trust_code: bool = False,
+                        field: str = "model", label: str | None = None):
     """`load_artifact`, with the sweep's spec folder importable; a trusted ``module:function``
-    model that cannot be imported here is one line (SpecError), not a traceback."""
+    model that cannot be imported here is one line (SpecError), not a traceback. ``label``
+    names the artifact in errors (``artifact`` given as bytes)."""
     from search.task.data import importable
 
     importable(code_dir)
+    label = label or str(artifact)
     try:
-        return load_artifact(artifact, trust_code=trust_code, field=field)
+        return load_artifact(artifact, trust_code=trust_code, field=field, label=label)
     except SpecError as exc:
         cause = exc.__cause__ or exc.__context__
         while cause is not None and not isinstance(cause, (ImportError, AttributeError)):
             cause = cause.__cause__
         if cause is None:
             raise
-        raise SpecError("model", "its module:function model must be importable here", str(artifact),
+        raise SpecError("model", "its module:function model must be importable here", label,
                         f"{cause}; run from the spec's folder or add it to PYTHONPATH") from None
 
 
@@ -355,9 +384,9 @@ def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = Fal
             raise SpecError("model", "a slim model needs its manifest beside it", str(side),
                             "write it with `slimtune export`, which puts model.slim.json next to model.slim")
         manifest = json.loads(side.read_text())
-        folder = Path(manifest.get("sweep", {}).get("folder", ""))
-        meta = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else {}
-        model = load_model(path, meta.get("base_dir"), trust_code=trust_code)
+        folder = str(manifest.get("sweep", {}).get("folder", ""))
+        meta = _local_meta(folder)
+        model = model_from_artifact(path, meta.get("base_dir"), trust_code=trust_code)
         run = _torch_runner(model)
     elif fmt == "torchscript":
         import torch
@@ -399,6 +428,15 @@ def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = Fal
         return np.concatenate(parts) if parts else np.zeros((0, manifest["model"]["n_outputs"]), np.float32)
 
     return Exported(fmt, manifest, logits)
+
+
+def _local_meta(folder: str) -> dict[str, Any]:
+    """The sweep.json of an export's sweep where it is a folder on this machine, else {} (a sweep
+    at a URI: its spec folder is not on this machine either)."""
+    if not folder or "://" in folder:
+        return {}
+    path = Path(folder) / "sweep.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _torch_runner(model) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -61,21 +62,26 @@ def param_importances(path: str | Path) -> dict[str, dict[str, float] | str]:
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import TrialState
 
-    meta = sweep_meta(path)
+    st = Storage.open(path, "path")
+    meta = sweep_meta(st)
     objectives = list(meta["objectives"])
-    db = Path(path) / STUDY
-    if not db.is_file():
+    if not st.is_file(STUDY):
         return {o: f"no {STUDY} in the sweep folder" for o in objectives}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=meta["name"], storage=f"sqlite:///{db.resolve()}")
-    except Exception as exc:  # a missing or foreign study is not the report's failure
-        return {o: f"could not open the study: {type(exc).__name__}: {exc}" for o in objectives}
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if was_trained(t)]
+    with tempfile.TemporaryDirectory(prefix="slimtune-report-") as tmp:
+        db = st.local_path / STUDY if st.local_path is not None else Path(tmp) / STUDY
+        if st.local_path is None:  # the study's snapshot at a URI, read from a local copy
+            db.write_bytes(st.read_bytes(STUDY))
+        try:
+            study = optuna.load_study(study_name=meta["name"], storage=f"sqlite:///{db.resolve()}")
+            directions = study.directions
+            complete = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if was_trained(t)]
+        except Exception as exc:  # a missing or foreign study is not the report's failure
+            return {o: f"could not open the study: {type(exc).__name__}: {exc}" for o in objectives}
     if len(complete) < 2:
         return {o: f"needs at least 2 complete trials, but the study has {len(complete)} trained" for o in objectives}
     # the trained trials only: a configuration skipped as infeasible is no evidence
-    study = optuna.create_study(directions=study.directions)
+    study = optuna.create_study(directions=directions)
     study.add_trials(complete)
     out: dict[str, dict[str, float] | str] = {}
     for i, name in enumerate(objectives):

@@ -51,9 +51,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     write_local_atomic(Path(path), data)
 
 
-def write_results(out_dir: Path, rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
+def write_results(out: str | Path | Storage, rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
+    """Write ``results.parquet`` (atomically) into the sweep folder or URI ``out``."""
     df = frame(rows, param_names)
-    write_atomic(out_dir / RESULTS, df.to_parquet(index=False))
+    Storage.open(out).write_atomic(RESULTS, df.to_parquet(index=False))
     return df
 
 
