@@ -14,9 +14,9 @@ in the same table by its own byte count (no container).
     python benchmarks/mnist1d_gate.py --seeds 0 --quick        # a few short trials: checks it runs
     python benchmarks/mnist1d_gate.py --seeds 0 --trials 20    # fewer trials than the example's
 
-Writes benchmarks/results/mnist1d_gate[_quick].csv (one row per seed and bound),
-mnist1d_gate_front[_quick].csv (one row per front row and its reload check) and
-mnist1d_gate[_quick].md (the table). Nothing else should run on the machine (the load average at
+Writes benchmarks/results/mnist1d_gate.csv (one row per seed and bound), mnist1d_gate_front.csv
+(one row per front row and its reload check) and mnist1d_gate.md (the table); with ``--quick`` or
+``--trials N`` the names end in ``_quick`` or ``_trialsN``. Nothing else should run on the machine (the load average at
 the start and end of each sweep is recorded).
 """
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None, help="folder to keep the sweeps in (default: a temporary one)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else f"_trials{args.trials}" if args.trials else ""
     all_rows, fronts = [], []
     with tempfile.TemporaryDirectory(prefix="mnist1d_gate_") as tmp:
         base = Path(args.keep or tmp)
