@@ -151,7 +151,7 @@ def table(rows: pd.DataFrame, front: pd.DataFrame, ref: pd.DataFrame) -> str:
               f"{int(front['bytes_ok'].sum())}/{len(front)} have file length = size_bytes.")
     runs = "; ".join(f"seed {r.seed}: {r.trainings} trainings, {r.rows} rows, {r.wall_s:.0f} s, "
                      f"load {r.load_start:.1f}→{r.load_end:.1f}" for r in per_seed.itertuples())
-    picks = "; ".join(f"seed {r.seed} ≤{r.bound_bytes}: {r.config}" for r in rows.itertuples() if r.config)
+    picks = "; ".join(f"seed {r.seed} ≤{r.bound_bytes}: {r.config}" for r in rows.itertuples() if isinstance(r.config, str))
     return "\n".join(lines) + "\n\n" + checks + "\n\nSweeps: " + runs + ".\n\nPicked: " + picks + ".\n"
 
 
