@@ -11,13 +11,15 @@ the current front's size axis (log bytes): the widest gap that holds a candidate
 front sizes, or below the front's smallest, down to the smallest candidate; the trial's own
 predicted size counts as occupied) gets the candidate nearest its middle, which then splits it.
 Candidates predicted to break a size constraint are never proposed. Without a front (the first
-trials) or without data to predict with, the uniform draw is kept. Deterministic given the
+trials), without data to predict with, or when prediction fails (a warning), the uniform draw
+is kept. Deterministic given the
 trial's seed and the front; in reproducible mode the front only changes at batch boundaries.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -80,7 +82,11 @@ def propose(spec: Spec, data: Any, study: optuna.Study, config: dict[str, Any], 
     sizes = front_sizes(spec, study) if data is not None else []
     if not sizes:
         return pool[:n]
-    predicted = [predict(spec, data, c) for c in pool]
+    try:
+        predicted = [predict(spec, data, c) for c in pool]
+    except Exception as exc:  # a model hook that cannot be built untrained here: the trial still runs
+        warnings.warn(f"ladder: size prediction failed ({type(exc).__name__}: {exc}); rungs drawn uniformly")
+        return pool[:n]
     feasible = [i for i, p in enumerate(predicted) if not surely_infeasible(spec, p)]
     own = config.get("predicted_size_bytes")
     own = float(own) if own is not None else predict(spec, data, config)["size_bytes"]
