@@ -46,6 +46,8 @@ def test_aim_fills_the_widest_gap_first():
     assert picked[0] == 2  # 11 kB: nearest the middle of 2..64 kB (about 11.3 kB)
     assert set(picked) <= {1, 2, 3}  # never above the front's largest size
     assert aim([], None, [1500.0], 1) == []  # no front: nothing to aim at
+    # below the front the widest gap is open downwards: its smallest candidate extends the front
+    assert aim([10000, 20000], None, [100, 500, 15000], 2) == [0, 1]
 
 
 def test_proposed_rungs_fall_in_the_front_gap_and_differ_from_uniform():

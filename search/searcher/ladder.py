@@ -9,7 +9,8 @@ trial's seed), each candidate's artifact size is predicted before training
 (:mod:`search.searcher.size_prediction`), and the rungs are picked to fill the largest gaps of
 the current front's size axis (log bytes): the widest gap that holds a candidate (between two
 front sizes, or below the front's smallest, down to the smallest candidate; the trial's own
-predicted size counts as occupied) gets the candidate nearest its middle, which then splits it.
+predicted size counts as occupied) gets the candidate nearest its middle, which then splits it
+(below the front: the smallest candidate, which extends the front furthest).
 Candidates predicted to break a size constraint are never proposed. Without a front (the first
 trials), without data to predict with, or when prediction fails (a warning), the uniform draw
 is kept. Deterministic given the
@@ -58,10 +59,11 @@ def aim(sizes: list[float], own: float | None, candidates: list[float], n: int) 
         bounds = [min(logs), *occupied] if min(logs) < occupied[0] else occupied
         best = None  # (width, index)
         for lo, hi in zip(bounds, bounds[1:]):
-            inside = [i for i, x in enumerate(logs) if lo < x < hi and i not in chosen]
+            below = lo < occupied[0]  # below the front: the smallest candidate extends it furthest
+            inside = [i for i, x in enumerate(logs) if (lo <= x if below else lo < x) and x < hi and i not in chosen]
             if not inside:
                 continue
-            mid = (lo + hi) / 2
+            mid = lo if below else (lo + hi) / 2
             pick = min(inside, key=lambda i: (abs(logs[i] - mid), i))
             if best is None or hi - lo > best[0]:
                 best = (hi - lo, pick)
