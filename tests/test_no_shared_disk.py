@@ -366,7 +366,7 @@ def _check_sweep(sweep_id: str, text: str, spec: Path, budget: int, nodes: TwoNo
 @pytest.mark.slow
 def test_sweep_into_a_folder_only_the_head_sees(two_nodes, tmp_path, capsys):
     """Storage on the driver's machine only: worker artifacts reach it through Ray, nothing lost."""
-    spec = _spec(tmp_path / "work", "t-nodisk-local", trials=4, nap=4.0)
+    spec = _spec(tmp_path / "work", "t-nodisk-local", trials=4, nap=8.0)  # 8 s: a worker actor starting slowly under load still gets trials
     sweep_id, text = _run(two_nodes, capsys, spec, "--storage", str(two_nodes.local_storage))
     assert cluster.resolve_results_path(sweep_id) == str(two_nodes.local_storage / sweep_id)
     _check_sweep(sweep_id, text, spec, 4, two_nodes)
@@ -378,7 +378,7 @@ _S3_SWEEP: dict = {}
 def _s3_sweep(two_nodes: TwoNodes, tmp_path_factory, capsys) -> tuple[str, str, Path]:
     """One S3 sweep for the tests that look at it (the recorded storage: no --storage)."""
     if not _S3_SWEEP:
-        spec = _spec(tmp_path_factory.mktemp("s3-sweep"), "t-nodisk-s3", trials=4, nap=4.0)
+        spec = _spec(tmp_path_factory.mktemp("s3-sweep"), "t-nodisk-s3", trials=4, nap=8.0)
         sweep_id, text = _run(two_nodes, capsys, spec)
         _S3_SWEEP.update(id=sweep_id, text=text, spec=spec)
     return _S3_SWEEP["id"], _S3_SWEEP["text"], _S3_SWEEP["spec"]
