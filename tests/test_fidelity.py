@@ -220,7 +220,7 @@ def test_the_searcher_promotes_as_new_trials(reproducible):
 
     spec = parse_spec(promo_spec(reproducible=reproducible))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    cfgs = drive(SlimSearcher(spec, study, data=None, trials=6, rows={}))
+    cfgs = drive(SlimSearcher(spec, study, data=None, trials=6))
     assert len(cfgs) == 8 and sum(c.get("parent") is not None for c in cfgs) == 2
     check_promotions(study, spec)
 
@@ -235,7 +235,7 @@ def test_reproducible_mode_promotes_at_batch_boundaries_whatever_the_order_trial
     def run(reverse: bool) -> list[tuple]:
         study = optuna.create_study(directions=["maximize", "minimize"],
                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        searcher, out, k = SlimSearcher(spec, study, data=None, trials=9, rows={}), [], 0
+        searcher, out, k = SlimSearcher(spec, study, data=None, trials=9), [], 0
         while True:
             batch = []
             while (cfg := searcher.suggest(f"t{k}")) not in (None, searcher.FINISHED):
@@ -264,7 +264,7 @@ def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
     spec = parse_spec(promo_spec())
     for kill_at in range(1, 9):
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-        drive(SlimSearcher(spec, study, data=None, trials=6, rows={}), stop_after=kill_at)
+        drive(SlimSearcher(spec, study, data=None, trials=6), stop_after=kill_at)
         for t in study.trials:  # resume_sweep's treatment of the trials that were running
             if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("config") is not None:
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
@@ -272,7 +272,7 @@ def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
         done = sum(1 for t in study.trials if t.state.is_finished() and t.user_attrs.get("row")
                    and t.user_attrs.get("parent") is None)
         assert done < 6 or promotions_left(spec, study) or kill_at == 8
-        drive(SlimSearcher(spec, study, data=None, trials=6 - done, rows={}))
+        drive(SlimSearcher(spec, study, data=None, trials=6 - done))
         ended = [t for t in study.trials if t.user_attrs.get("row")]
         assert len(ended) == 8, kill_at
         check_promotions(study, spec)

@@ -43,8 +43,10 @@ class DefineByRun:
 
 
 def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
-             status: str, error: str | None) -> dict[str, Any]:
-    """One results row (see :func:`search.load_results` for the schema)."""
+             ended: tuple[str, str | None]) -> dict[str, Any]:
+    """One results row (see :func:`search.load_results` for the schema); ``ended`` is the trial's
+    ``(status, error)``, as :func:`outcome` gives it."""
+    status, error = ended
     cfg = dict(config)
     row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
                            "status": status, "error": error, "seed": cfg.pop("seed", None)}
