@@ -16,7 +16,8 @@ _HOME = {
     "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
     "search.task.train": ["Schedule", "evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
-    "search.present.export": ["export_trial", "load_exported", "load_model", "predict_csv"],
+    "search.present.export": ["export_trial", "load_model"],
+    "search.present.predict": ["load_exported", "predict_csv"],
     "search.present.plot": ["plot_sweep"],
     "search.present.report": ["write_report"],
 }

@@ -21,19 +21,8 @@ from spaces._metrics import (
     whole_columns,
     worst_value,
 )
-from spaces._spec import (
-    BUILTIN_DATASETS,
-    Bound,
-    Objective,
-    Promote,
-    Resources,
-    Search,
-    Spec,
-    Task,
-    load_spec,
-    parse_spec,
-    require_search,
-)
+from spaces._parse import load_spec, parse_spec, require_search
+from spaces._spec import BUILTIN_DATASETS, Bound, Objective, Promote, Resources, Search, Spec, Task
 
 __all__ = [
     "BUILTIN_DATASETS", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",

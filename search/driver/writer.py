@@ -1,6 +1,6 @@
-"""The results callback: Ray Tune tells it when trials start and end; it adds each ended
-trial's row to the sweep's :class:`~search.results.record.Record`, publishes the record once per
-Tune step, and reports progress."""
+"""The results callback: Ray Tune calls it when trials start and end; it adds each ended
+trial's row to the sweep's :class:`~search.results.record.Record` and publishes it, publishes
+again at the end of a Tune step whatever else changed, and reports progress."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def _running(trials) -> int:
 
 class ResultsWriter(tune.Callback):
     """Makes each ended trial's row from its last report (the searcher's tell is not needed for
-    it) and adds it to ``record``; at the end of every Tune step the record publishes what changed
-    (the study's snapshot, ``results.parquet``), so the rows and the study the searcher changed
-    in the same step go out together whichever of the two Ray called first."""
+    it), adds it to ``record`` and publishes the record (the study's snapshot, ``results.parquet``)
+    before reporting the trial. At the end of every Tune step the record publishes again if
+    anything changed since (rows and tells the searcher made after this callback), so nothing
+    depends on which of the two Ray calls first."""
 
     def __init__(self, spec: Spec, record: Record, budget: int, quiet: bool) -> None:
         self.spec, self.record = spec, record
@@ -35,6 +36,7 @@ class ResultsWriter(tune.Callback):
             err = error_text
         row = make_row(self.spec, trial.trial_id, dict(trial.config), result, (status, err))
         self.record.add(row)
+        self.record.flush()  # before the trial is reported: a row printed is a row kept
         self.reporter.trial_ended(row, self.record.values(), _running([t for t in trials if t is not trial]))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
