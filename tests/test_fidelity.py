@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from search.searcher.promote import Promotion
-from search.task.train import Schedule
+from search.task.train import Fit, Schedule
 from spaces import SpecError, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,10 +89,10 @@ def test_train_applies_the_schedule_to_each_step(monkeypatch):
     y = (x[:, 0] > 0).astype(np.int64)
     data = Data(x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y, kind="classification", n_outputs=2)
     s = Schedule("wsd", warmup=0.1, decay=0.3)
-    train(torch.nn.Linear(4, 2), data, lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s)  # 3 steps an epoch
+    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s))  # 3 steps an epoch
     assert seen == pytest.approx([0.1 * s.factor(t, 30) for t in range(30)])
     seen.clear()
-    train(torch.nn.Linear(4, 2), data, lr=0.1, batch_size=16, epochs=2, seed=0)
+    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=2, seed=0))
     assert seen == [0.1] * 6
 
 

@@ -4,8 +4,8 @@ A :class:`Record` holds the results rows of the sweep a driver is running, keyed
 The searcher adds the rows it makes itself (skipped configurations, ladder rungs), the driver's
 results callback adds each finished trial's row; either may come first. :meth:`Record.flush`
 publishes whatever changed (the study's snapshot, then ``results.parquet``) through the place
-it was given (:class:`search.driver.place.SweepPlace`), once per Tune step and at the end, so
-neither side depends on the order in which Ray calls them.
+it was given (:class:`search.driver.place.SweepPlace`): as a trial ends, at the end of each Tune
+step and at the end of the session, so neither side depends on the order in which Ray calls them.
 """
 
 from __future__ import annotations
