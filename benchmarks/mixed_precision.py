@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rest", type=int, nargs="+", default=[2, 3, 4], help="widths of the other layers")
     p.add_argument("--qat", type=int, default=0, help="QAT epochs before quantizing (0: PTQ)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", help="CSV path (default: benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv)")
+    p.add_argument("--out",
+                   help="CSV path (default: benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv)")
     args = p.parse_args(argv)
     args.out = args.out or str(ROOT / "benchmarks" / "results" /
                                f"mixed_precision_{args.dataset}_{args.model}_{'qat' if args.qat else 'ptq'}.csv")

@@ -11,7 +11,8 @@ is then quantized to 4 bits (per channel) three ways: post-training (PTQ), QAT f
 for ``--qat-epochs`` at the constant training rate (what a trial did before schedules), and
 QAT whose rate decays over its epochs (``Schedule.finetune``, what a trial with a schedule
 does now). Reports validation and test accuracy per seed, the median over seeds for each arm
-and rate, and each arm at its best rate by median validation accuracy; and the wall time. The data split is the same for every seed; the seed sets initialisation and order.
+and rate, and each arm at its best rate by median validation accuracy; and the wall time. The
+data split is the same for every seed; the seed sets initialisation and order.
 
 Writes benchmarks/results/schedule.csv (one row per arm and seed).
 """

@@ -8,8 +8,6 @@ node gets its own free ports, so other Ray clusters on the same machine are left
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
 import shutil
 import socket
@@ -17,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

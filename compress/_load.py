@@ -17,7 +17,6 @@ So memory and time are O(file length + max_params) whatever the bytes say.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any, Callable, Mapping
 
 import torch
@@ -176,7 +175,8 @@ def _fill(model: nn.Module, recipe: dict[str, Any], tensors: list[dict[str, Any]
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, *recipe["input_shape"]))
         if tuple(out.shape) != (1, recipe["output_dim"]):
-            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, the recipe says {recipe['output_dim']}")
+            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, "
+                              f"the recipe says {recipe['output_dim']}")
 
 
 def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:

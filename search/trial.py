@@ -28,11 +28,10 @@ import torch
 from torch import nn
 
 import compress
-from search.task.data import Data
 from search.storage import Storage
+from search.task.data import Data
 from search.task.train import Fit, Schedule, evaluate, train
-from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, Metric, MethodKeys, Spec, computed_metrics, task_metric
-
+from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, MethodKeys, Metric, Spec, computed_metrics, task_metric
 
 #: Seed offsets from the trial's seed, so each training phase of a trial shuffles its batches
 #: differently yet reproducibly: fine-tuning after pruning, then QAT. Ladder rung ``k`` (from 1)
@@ -198,8 +197,8 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, fit: 
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
-        train(model, data, replace(fit, epochs=int(_given(config, QUANTIZE, "qat_epochs")), seed=seed + QAT_SEED_OFFSET),
-              after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
+        qat_fit = replace(fit, epochs=int(_given(config, QUANTIZE, "qat_epochs")), seed=seed + QAT_SEED_OFFSET)
+        train(model, data, qat_fit, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
     if quant:
         model = compress.compress(model, *quant)
     return model, [*prune, *qat, *quant]
@@ -285,7 +284,8 @@ def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str,
 
 
 def _key(cfg: dict[str, Any], training: set[str]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in training and k not in ("seed", "trial_number")))
+    skip = training | {"seed", "trial_number"}
+    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in skip))
 
 
 def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None) -> dict[str, Any]:

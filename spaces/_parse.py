@@ -12,8 +12,23 @@ from spaces._distributions import Fixed, IntRange, Param, check_values, parse_pa
 from spaces._errors import SpecError, closest
 from spaces._methods import METHODS, Section, parse_section
 from spaces._metrics import METRICS, TASK_METRIC
-from spaces._spec import (BUILTIN_DATASETS, BUILTIN_MODELS, HOOK, LR_SCHEDULES, SAMPLERS, SCHEDULE_DEFAULTS,
-                          SPACE_DEFAULTS, Bound, EarlyStop, Objective, Promote, Resources, Search, Spec, Task)
+from spaces._spec import (
+    BUILTIN_DATASETS,
+    BUILTIN_MODELS,
+    HOOK,
+    LR_SCHEDULES,
+    SAMPLERS,
+    SCHEDULE_DEFAULTS,
+    SPACE_DEFAULTS,
+    Bound,
+    EarlyStop,
+    Objective,
+    Promote,
+    Resources,
+    Search,
+    Spec,
+    Task,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -86,7 +101,8 @@ def _parse_task(raw: Any) -> Task:
         _one_of("task.kind", kind, tuple(TASK_METRIC))
     epochs = _param("task.epochs", t.get("epochs", 10), lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
     split = lambda v: 0.0 < v < 0.9  # noqa: E731
-    val = _number("task.validation_split", t.get("validation_split", 0.2), "`0 < validation_split < 0.9` must hold", split)
+    val = _number("task.validation_split", t.get("validation_split", 0.2), "`0 < validation_split < 0.9` must hold",
+                  split)
     test = _number("task.test_split", t.get("test_split", 0.2), "`0 < test_split < 0.9` must hold", split)
     return Task(dataset=dataset, model=model, epochs=epochs, target=target, kind=kind,
                 validation_split=val, test_split=test, split_seed=_int("task.split_seed", t.get("split_seed", 0), 0))
@@ -120,7 +136,8 @@ def _parse_constraints(raw: Any) -> tuple[Bound, ...]:
         hi = b.get("max")
         for k, v in (("min", lo), ("max", hi)):
             if v is not None:
-                _number(f"constraints.{metric}.{k}", v, "must be a finite number", lambda x: x == x and abs(x) != float("inf"))
+                _number(f"constraints.{metric}.{k}", v, "must be a finite number",
+                        lambda x: x == x and abs(x) != float("inf"))
         if lo is not None and hi is not None and lo > hi:
             raise SpecError(f"constraints.{metric}", "`min <= max` must hold", {"min": lo, "max": hi})
         bounds.append(Bound(metric, None if lo is None else float(lo), None if hi is None else float(hi)))
@@ -134,7 +151,8 @@ def _parse_space(raw: Any, model_is_hook: bool) -> tuple[tuple[str, Param], ...]
     positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
     rules = {
         "lr": (positive, "must be > 0", False),
-        "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "must be >= 0", False),
+        "weight_decay": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "must be >= 0",
+                         False),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
         "depth": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
         "width": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1", True),
@@ -168,7 +186,8 @@ def _schedule_keys(s: dict, merged: dict) -> dict:
         return merged
     merged = {**merged, **{k: v for k, v in SCHEDULE_DEFAULTS.items() if k not in s}}
     w, d = merged["warmup"], merged["decay"]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, d)) and 0 <= w < 1 and 0 <= d <= 1 < w + d:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, d))
+    if numbers and 0 <= w < 1 and 0 <= d <= 1 < w + d:
         raise SpecError("space.decay", "`warmup + decay <= 1` must hold", {"warmup": w, "decay": d})
     return merged
 

@@ -175,7 +175,8 @@ def promo_spec(**search) -> dict:
 
 def result(cfg: dict) -> dict:
     """A fake final report: accuracy grows with lr, size with width."""
-    return {"phase": "final", "accuracy": min(1.0, 10 * cfg["lr"]) * cfg["epochs"] / 3, "size_bytes": 100.0 * cfg["width"]}
+    return {"phase": "final", "accuracy": min(1.0, 10 * cfg["lr"]) * cfg["epochs"] / 3,
+            "size_bytes": 100.0 * cfg["width"]}
 
 
 def drive(searcher, stop_after: int | None = None) -> list[dict]:

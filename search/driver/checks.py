@@ -47,7 +47,8 @@ def _check_forward(spec: Spec, data: Data, model) -> None:
         raise SpecError("task.model", f"must run on a batch of shape {list(x.shape)} (input_shape "
                         f"{data.input_shape})", spec.task.model, f"{type(exc).__name__}: {exc}") from None
     want = [2, data.n_outputs]
-    if not isinstance(y, torch.Tensor) or (list(y.shape) != want and not (data.n_outputs == 1 and list(y.shape) == [2])):
+    fits = isinstance(y, torch.Tensor) and (list(y.shape) == want or (data.n_outputs == 1 and list(y.shape) == [2]))
+    if not fits:
         got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise SpecError("task.model", f"must return outputs of shape {want} for a batch of 2 "
                         f"(output_dim {data.n_outputs})", spec.task.model, f"it returned {got}")

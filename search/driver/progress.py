@@ -7,7 +7,6 @@ from ``results.parquet`` for ``slimtune status``); one formats it.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import sys

@@ -178,7 +178,8 @@ def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", m
         return compress.load(src, trust_code=trust_code)
     except compress.UntrustedCodeError as exc:
         raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG} "
-                        "(trust_code=True)", where, f"add {TRUST_FLAG} if you trust where this sweep came from") from None
+                        "(trust_code=True)", where,
+                        f"add {TRUST_FLAG} if you trust where this sweep came from") from None
     except compress.ArtifactError as exc:
         raise SpecError(field, "must be a valid slimtune artifact", where, str(exc)) from None
 
@@ -267,9 +268,9 @@ def _probe(shape: list[int], n: int = 16) -> np.ndarray:
 
 
 def _write_torchscript(model, manifest: dict[str, Any], out: Path) -> None:
-    import torch
-
     import io
+
+    import torch
 
     example = torch.from_numpy(_probe(manifest["model"]["input_shape"], 2))
     buf = io.BytesIO()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from search.present.export import ZIP_MAGIC, EXTRA_FILE, MANIFEST_KEY, model_from_artifact, sidecar
+from search.present.export import EXTRA_FILE, MANIFEST_KEY, ZIP_MAGIC, model_from_artifact, sidecar
 from spaces import SpecError
 
 

@@ -24,7 +24,8 @@ class Record:
         self.rows_changed = self.study_changed = False
 
     def add(self, row: dict[str, Any]) -> None:
-        """A row (a finished trial, a skipped configuration or a ladder rung), published at the next flush (the results callback flushes as a trial ends and at each Tune step's end)."""
+        """A row (a finished trial, a skipped configuration or a ladder rung), published at the next
+        flush (the results callback flushes as a trial ends and at each Tune step's end)."""
         self.rows[row["trial_id"]] = row
         self.rows_changed = True
 

@@ -12,7 +12,8 @@ asked. On top of plain ask-and-tell it:
 * adds each ladder rung (another compression of a trained model) as a COMPLETE trial with
   its ``parent``;
 * in reproducible mode (``search.reproducible``), asks configurations in batches of
-  :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all of it has ended, in trial-number order, so
+  :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all
+  of it has ended, in trial-number order, so
   the study, ladder numbering and early-stopping peers do not depend on which trial ended first;
 * with ``search.promote``, retrains the configurations that are best for their size at the next
   epoch budget (:mod:`search.searcher.promote`): each promotion is enqueued in the study with

@@ -21,7 +21,10 @@ class TrainingDiverged(FloatingPointError):
 def _tensors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     # Arrays from Ray's object store are read-only; torch wants writable memory.
     xt = torch.from_numpy(np.array(x, dtype=np.float32))
-    yt = torch.from_numpy(np.array(y)).long() if kind == "classification" else torch.from_numpy(np.array(y, dtype=np.float32))
+    if kind == "classification":
+        yt = torch.from_numpy(np.array(y)).long()
+    else:
+        yt = torch.from_numpy(np.array(y, dtype=np.float32))
     return xt, yt
 
 
