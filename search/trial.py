@@ -293,8 +293,8 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
 
     ``report(metrics)`` is called once per training epoch and once at the end
     (``ray.tune.report`` inside Ray; any callable in tests). With ``setup.ladder`` the final
-    report also holds ``ladder``: that many more compression settings evaluated on the
-    same trained model (train once, compress many).
+    report also holds ``ladder``: more compression settings evaluated on the same trained model
+    (train once, compress many): ``config["ladder_configs"]`` as the searcher proposed them.
     """
     if report is None:
         from ray import tune
@@ -324,9 +324,10 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     trained = Trained(dense, recipe, data)
     final = {**measure(model, trained, setup, trial_name),
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
-    if setup.ladder and setup.spec is not None:
+    given = config.get("ladder_configs")  # proposed by the searcher; else drawn here (older configs)
+    if given is not None or (setup.ladder and setup.spec is not None):
         rungs = []
-        for k, rung in enumerate(ladder_configs(setup.spec, config, setup.ladder)):
+        for k, rung in enumerate(given if given is not None else ladder_configs(setup.spec, config, setup.ladder)):
             t1 = time.perf_counter()
             small, rung_configs = compress_trained(dense, rung, data, fit, setup.methods)
             rungs.append({"config": rung,

@@ -56,6 +56,7 @@ def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str
     ``(status, error)``, as :func:`outcome` gives it."""
     status, error = ended
     cfg = dict(config)
+    cfg.pop("ladder_configs", None)  # the rungs proposed: each has its own row
     row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),
                            "status": status, "error": error, "seed": cfg.pop("seed", None)}
     row.update({k: cfg.get(k) for k in param_names(spec)})

@@ -58,11 +58,14 @@ def write_results(out: str | Path | Storage, rows: Iterable[Mapping[str, Any]], 
     return df
 
 
+def _columns(param_names: list[str], present: Iterable[str]) -> list[str]:
+    cols = ["trial_id", "trial_number", "status", *param_names, "seed", *metric_columns()]
+    return cols + sorted(set(present) - set(cols))
+
+
 def frame(rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
     rows = list(rows)
-    cols = ["trial_id", "trial_number", "status", *param_names, "seed", *metric_columns()]
-    extra = sorted({k for r in rows for k in r} - set(cols))
-    df = pd.DataFrame(rows, columns=cols + extra)
+    df = pd.DataFrame(rows, columns=_columns(param_names, {k for r in rows for k in r}))
     if len(df):
         df = df.sort_values("trial_number", kind="stable").reset_index(drop=True)
     return df
@@ -137,8 +140,15 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """
     st = Storage.open(path, field="path")
     meta = sweep_meta(st)
-    df = integer_columns(pd.read_parquet(io.BytesIO(st.read_bytes(RESULTS))) if st.is_file(RESULTS)
-                         else frame([], meta["params"]))
+    # Today's schema also for sweeps written before a column existed (e.g. a compression key
+    # declared since): the same columns in the same order, empty where the sweep has no value.
+    params = [*meta["params"], *(c for m in METHODS.values() for c in m.columns if c not in meta["params"])]
+    if st.is_file(RESULTS):
+        df = pd.read_parquet(io.BytesIO(st.read_bytes(RESULTS)))
+        df = df.reindex(columns=_columns(params, df.columns))
+    else:
+        df = frame([], params)
+    df = integer_columns(df)
     df.attrs["objectives"] = dict(meta["objectives"])
     df.attrs["constraints"] = meta.get("constraints", {})
     df.attrs["name"] = meta["name"]

@@ -9,8 +9,9 @@ asked. On top of plain ask-and-tell it:
   constraint is never trained, and the study records it as untrained (:func:`tell_untrained`);
 * tells outcomes: ok -> COMPLETE with constraint values, stopped early -> PRUNED, failed ->
   FAIL; each trial carries its results ``row``, its ``config`` and its ``ray_trial_id``;
-* adds each ladder rung (another compression of a trained model) as a COMPLETE trial with
-  its ``parent``;
+* proposes each trial's ladder rungs when handing it out (``config["ladder_configs"]``, aimed
+  at the front's gaps: :mod:`search.searcher.ladder`) and adds each rung (another compression
+  of a trained model) as a COMPLETE trial with its ``parent``;
 * in reproducible mode (``search.reproducible``), asks configurations in batches of
   :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all
   of it has ended, in trial-number order, so
@@ -121,6 +122,10 @@ class SlimSearcher(Searcher):
             elif len(self.batch) >= self.batch_size:
                 return None  # the batch is full: wait until all of it has ended
         trial, cfg = self._ask()
+        if self.spec.search.ladder:  # the rungs, aimed at the front's gaps (search.searcher.ladder)
+            from search.searcher.ladder import propose
+
+            cfg["ladder_configs"] = propose(self.spec, self.data, self.study, cfg, self.spec.search.ladder)
         trial.set_user_attr("config", cfg)
         trial.set_user_attr("ray_trial_id", trial_id)
         self.live[trial_id] = trial
