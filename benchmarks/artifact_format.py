@@ -112,7 +112,7 @@ def run_one(dataset: str, seed: int, data, tmp: Path) -> list[dict]:
     torch.manual_seed(seed)
     dense = compress.build_model(recipe)
     args = {"lr": 3e-3, "batch_size": 64, "seed": seed}
-    search.train(dense, data, epochs=EPOCHS[dataset], **args)
+    search.train(dense, data, search.Fit(epochs=EPOCHS[dataset], **args))
     rows = []
     for method, (sparsity, bits) in METHODS.items():
         model, prune = compress.compress(dense), []
@@ -120,8 +120,8 @@ def run_one(dataset: str, seed: int, data, tmp: Path) -> list[dict]:
             prune = [MagnitudePrune(sparsity=sparsity)]
             model = compress.compress(dense, *prune)
             masks = compress.sparsity_masks(model)
-            search.train(model, data, epochs=3, after_step=lambda m, masks=masks: compress.apply_masks_(m, masks),
-                         **{**args, "seed": seed + 1})
+            search.train(model, data, search.Fit(epochs=3, **{**args, "seed": seed + 1}),
+                         after_step=lambda m, masks=masks: compress.apply_masks_(m, masks))
         row = {"dataset": dataset, "seed": seed, "method": method}
         for half in (False, True):
             cfg = [*prune, AffineQuantize(bits=bits, fp16=half)]

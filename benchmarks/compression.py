@@ -117,7 +117,7 @@ def _accuracy(model: torch.nn.Module, x, y) -> float:
 
 def compress_setting(dense: torch.nn.Module, data, p: dict[str, Any], seed: int) -> tuple[torch.nn.Module, list]:
     """Structured prune -> gradual magnitude pruning while fine-tuning -> (QAT) -> quantize."""
-    from search import train
+    from search import Fit, train
 
     args = {"lr": 1e-3, "batch_size": 64, "seed": seed}
     configs: list = []
@@ -128,15 +128,15 @@ def compress_setting(dense: torch.nn.Module, data, p: dict[str, Any], seed: int)
     magnitude = MagnitudePrune(sparsity=p["sparsity"])
     configs.append(magnitude)
     steps = p["finetune_epochs"] * math.ceil(len(data.x_train) / args["batch_size"])
-    train(model, data, epochs=p["finetune_epochs"],
-          after_step=compress.gradual_pruning(model, magnitude, steps), **args)
+    train(model, data, Fit(epochs=p["finetune_epochs"], **args),
+          after_step=compress.gradual_pruning(model, magnitude, steps))
     quant = {"bits": p["bits"], "per_channel": p["per_channel"]}
     if p["qat"]:
         masks = compress.sparsity_masks(model)
         configs.append(FakeQuantize(**quant))
         model = compress.compress(model, configs[-1])
-        train(model, data, epochs=2, after_step=lambda m: compress.apply_masks_(m, masks),
-              **{**args, "seed": seed + 1})
+        train(model, data, Fit(epochs=2, **{**args, "seed": seed + 1}),
+              after_step=lambda m: compress.apply_masks_(m, masks))
     configs.append(AffineQuantize(**quant))
     return compress.compress(model, configs[-1]), configs
 
@@ -145,14 +145,14 @@ def run_deep_one(dataset: str, epochs: int, seed: int, trials: int, repeats: int
     """One dataset, one seed: train LeNet-300-100, sweep its compression, measure the chosen artifact."""
     import optuna
 
-    from search import train
+    from search import Fit, train
 
     t0 = time.perf_counter()
     data = _load(dataset)
     recipe = {**LENET, "input_shape": data.input_shape}
     torch.manual_seed(seed)
     dense = compress.build_model(recipe)
-    train(dense, data, lr=1e-3, batch_size=64, epochs=2 if smoke else epochs, seed=seed)
+    train(dense, data, Fit(lr=1e-3, batch_size=64, epochs=2 if smoke else epochs, seed=seed))
     dense_val = _accuracy(dense, data.x_val, data.y_val)
     tmp = Path(tempfile.mkdtemp())
     base = baselines(dense, tmp)

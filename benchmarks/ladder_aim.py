@@ -49,4 +49,5 @@ def main(arm: str, seed: int, root: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3 else f"/tmp/ladder_aim/{sys.argv[1]}{sys.argv[2]}")))
+    out = Path(sys.argv[3] if len(sys.argv) > 3 else f"/tmp/ladder_aim/{sys.argv[1]}{sys.argv[2]}")
+    print(main(sys.argv[1], int(sys.argv[2]), out))

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ import torch  # noqa: E402
 
 import compress  # noqa: E402
 from search.task.data import load_data  # noqa: E402
-from search.task.train import train  # noqa: E402
-from search.trial import compress_trained, measure  # noqa: E402
+from search.task.train import Fit, train  # noqa: E402
+from search.trial import Trained, compress_trained, measure  # noqa: E402
 from spaces import parse_spec  # noqa: E402
 
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rest", type=int, nargs="+", default=[2, 3, 4], help="widths of the other layers")
     p.add_argument("--qat", type=int, default=0, help="QAT epochs before quantizing (0: PTQ)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", help="CSV path (default: benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv)")
+    p.add_argument("--out",
+                   help="CSV path (default: benchmarks/results/mixed_precision_<dataset>_<model>_<ptq|qat>.csv)")
     args = p.parse_args(argv)
     args.out = args.out or str(ROOT / "benchmarks" / "results" /
                                f"mixed_precision_{args.dataset}_{args.model}_{'qat' if args.qat else 'ptq'}.csv")
@@ -86,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             recipe = model_recipe(setup, data, base)
             torch.manual_seed(seed)
             dense = compress.build_model(recipe)
-            train_args = dict(lr=args.lr, batch_size=64, weight_decay=0.0, seed=seed)
+            fit = Fit(lr=args.lr, batch_size=64, epochs=args.epochs, seed=seed)
             t1 = time.perf_counter()
-            train(dense, data, epochs=args.epochs, **train_args)
+            train(dense, data, fit)
             train_s = time.perf_counter() - t1
             for arm, fields in arms(args.rest).items():
                 config = {**base, **fields}
-                small, _ = compress_trained(dense, config, data, train_args)
-                m = measure(small, [], dense, recipe, data, tmp, f"s{seed}-{len(rows)}")
+                small, _ = compress_trained(dense, config, data, fit)
+                m = measure(small, Trained(dense, recipe, data), replace(setup, out_dir=tmp), f"s{seed}-{len(rows)}")
                 rows.append({"dataset": args.dataset, "model": args.model, "seed": seed, "arm": arm,
                              "qat_epochs": args.qat, "val_accuracy": round(m["accuracy"], 4),
                              "test_accuracy": round(m["test_accuracy"], 4), "size_bytes": m["size_bytes"],

@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -141,7 +140,8 @@ def table(rows: pd.DataFrame, front: pd.DataFrame, ref: pd.DataFrame) -> str:
                      f"{spread(b['test_accuracy'], '{:.3f}')} | {spread(b['val_accuracy'], '{:.3f}')} | "
                      f"{spread(b['size_bytes'], '{:,.0f}')} | {spread(b['wall_s'], '{:.0f}')} |")
     for (width, bits), g in (ref.groupby(["width", "bits"]) if len(ref) else []):
-        lines.append(f"| hand-written CNN w{width} {bits}-bit, {g['epochs'].iloc[0]} epochs (own count, no container) | "
+        lines.append(f"| hand-written CNN w{width} {bits}-bit, {g['epochs'].iloc[0]} epochs "
+                     f"(own count, no container) | "
                      f"{g['bytes'].iloc[0]:,} B | {len(g)} | {spread(g['test_accuracy'], '{:.3f}')} | "
                      f"{spread(g['val_accuracy'], '{:.3f}')} | {g['bytes'].iloc[0]:,} | "
                      f"{spread(g['train_seconds'], '{:.0f}')} |")
@@ -151,7 +151,8 @@ def table(rows: pd.DataFrame, front: pd.DataFrame, ref: pd.DataFrame) -> str:
               f"{int(front['bytes_ok'].sum())}/{len(front)} have file length = size_bytes.")
     runs = "; ".join(f"seed {r.seed}: {r.trainings} trainings, {r.rows} rows, {r.wall_s:.0f} s, "
                      f"load {r.load_start:.1f}→{r.load_end:.1f}" for r in per_seed.itertuples())
-    picks = "; ".join(f"seed {r.seed} ≤{r.bound_bytes}: {r.config}" for r in rows.itertuples() if isinstance(r.config, str))
+    picks = "; ".join(f"seed {r.seed} ≤{r.bound_bytes}: {r.config}" for r in rows.itertuples()
+                      if isinstance(r.config, str))
     return "\n".join(lines) + "\n\n" + checks + "\n\nSweeps: " + runs + ".\n\nPicked: " + picks + ".\n"
 
 

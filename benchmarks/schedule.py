@@ -11,7 +11,8 @@ is then quantized to 4 bits (per channel) three ways: post-training (PTQ), QAT f
 for ``--qat-epochs`` at the constant training rate (what a trial did before schedules), and
 QAT whose rate decays over its epochs (``Schedule.finetune``, what a trial with a schedule
 does now). Reports validation and test accuracy per seed, the median over seeds for each arm
-and rate, and each arm at its best rate by median validation accuracy; and the wall time. The data split is the same for every seed; the seed sets initialisation and order.
+and rate, and each arm at its best rate by median validation accuracy; and the wall time. The
+data split is the same for every seed; the seed sets initialisation and order.
 
 Writes benchmarks/results/schedule.csv (one row per arm and seed).
 """
@@ -48,7 +49,7 @@ def run_one(arm: str, lr: float, seed: int, data, args) -> dict:
     schedule = ARMS[arm]
     targs = {"lr": lr, "batch_size": args.batch_size}
     t0 = time.perf_counter()
-    search.train(dense, data, epochs=args.epochs, seed=seed, schedule=schedule, **targs)
+    search.train(dense, data, search.Fit(epochs=args.epochs, seed=seed, schedule=schedule, **targs))
     seconds = time.perf_counter() - t0
     row = {"arm": arm, "lr": lr, "seed": seed, "epochs": args.epochs, "train_seconds": round(seconds, 1)}
 
@@ -62,7 +63,7 @@ def run_one(arm: str, lr: float, seed: int, data, args) -> dict:
     fake = compress.FakeQuantize(bits=args.bits, per_channel=True)
     for tag, ft in (("qat_const", Schedule()), ("qat_decay", Schedule("wsd").finetune())):
         qat = compress.compress(dense, fake)
-        search.train(qat, data, epochs=args.qat_epochs, seed=seed + 2, schedule=ft, **targs)
+        search.train(qat, data, search.Fit(epochs=args.qat_epochs, seed=seed + 2, schedule=ft, **targs))
         score(tag, compress.compress(qat, quant))
     return row
 

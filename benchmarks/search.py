@@ -220,8 +220,8 @@ def measures(runs: dict[str, tuple[pd.DataFrame, float]], trials: int, size_ref:
 def summary_table(runs: pd.DataFrame, trials: int) -> str:
     k = trials
     cols = ["hv_log_T1", "hv_lin_T1", "hv_log_T0.5", f"hv_log_k{k}", f"hv_lin_k{k}", "wall_s", "trainings"]
-    head = ["task", "arm", "seeds"] + [c.replace("_T1", " @T").replace("_T0.5", " @T/2").replace(f"_k{k}", f" @{k} trainings")
-                                       for c in cols]
+    head = ["task", "arm", "seeds"] + [
+        c.replace("_T1", " @T").replace("_T0.5", " @T/2").replace(f"_k{k}", f" @{k} trainings") for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (task, arm), g in runs.groupby(["task", "arm"], sort=False):
         cells = [task, arm, str(len(g))]
@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "load5_end": after[1], "cores": cores, "size_ref_bytes": TASKS[task]["size_ref"]})
                     df = runs[arm][0]
                     ok = df[df["status"] == "ok"]
-                    trial_rows.append(df.assign(task=task, seed=seed, arm=arm,
-                                                val_front=df.index.isin(ok.index[front_mask(ok)]) if len(ok) else False))
+                    val_front = df.index.isin(ok.index[front_mask(ok)]) if len(ok) else False
+                    trial_rows.append(df.assign(task=task, seed=seed, arm=arm, val_front=val_front))
     ray.shutdown()
     runs_df = pd.DataFrame(run_rows)
     trials_df = pd.concat(trial_rows, ignore_index=True)

@@ -20,14 +20,14 @@ __all__ = ["down", "list_sweeps", "logs", "progress", "recorded", "resolve_resul
 def up(config: str | None = None, **local: Any) -> dict[str, Any]:
     """Start a cluster and record it: local ``ray start`` nodes, or ``ray up -y config``.
 
-    ``local`` holds the options of :func:`cluster._local.start_local` (``workers``, ``num_cpus``,
+    ``local`` holds the options of :class:`cluster._local.LocalCluster` (``workers``, ``num_cpus``,
     ``port``, ``dashboard_port``, ``dashboard_host``, ``storage``, ...); with ``config``, only
     ``storage`` applies. ``storage`` (a folder, ``s3://`` or ``gs://`` URI) is recorded with the
     cluster and is where ``submit`` puts sweeps unless told otherwise.
     """
     if config:
         return _local.launcher_up(config, storage=local.get("storage"))
-    return _local.start_local(**local)
+    return _local.start_local(_local.LocalCluster(**local))
 
 
 def down() -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """Sweeps as Ray jobs: submit, watch, stop, list (thin over ``JobSubmissionClient``).
 
 A sweep id is also the job's submission id, and the job's metadata carries the sweep's storage
-(a folder or an ``s3://`` / ``gs://`` URI, never credentials), so any client that reaches the cluster can find a sweep; this client also records it under
+(a folder or an ``s3://`` / ``gs://`` URI, never credentials), so any client that reaches the
+cluster can find a sweep; this client also records it under
 ``$SLIMTUNE_HOME/sweeps/`` so ``slimtune results <id>`` works without asking the cluster.
 """
 

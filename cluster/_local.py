@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,30 @@ def refuse_if_running() -> None:
                         "run `slimtune cluster down` first")
 
 
-def start_local(*, workers: int = 0, num_cpus: int | None = None, num_gpus: int | None = None,
-                port: int | None = None, dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1",
-                node_ip: str = "127.0.0.1", object_store_memory: int | None = None,
-                storage: str | None = None, timeout: float = 180.0) -> dict[str, Any]:
-    """Start a head node (and ``workers`` worker nodes) on this machine; record and return the cluster.
+@dataclass(frozen=True)
+class LocalCluster:
+    """The options of a cluster of ``ray start`` nodes on this machine (``slimtune cluster up``).
 
     ``port``/``dashboard_port``: None means Ray's usual 6379/8265 when free, 0 any free port.
     """
+
+    workers: int = 0
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    port: int | None = None
+    dashboard_port: int | None = None
+    dashboard_host: str = "127.0.0.1"
+    node_ip: str = "127.0.0.1"
+    object_store_memory: int | None = None
+    storage: str | None = None
+    timeout: float = 180.0
+
+
+def start_local(options: LocalCluster) -> dict[str, Any]:
+    """Start a head node (and ``options.workers`` worker nodes) on this machine; record and return the cluster."""
+    workers, num_cpus, num_gpus, node_ip = options.workers, options.num_cpus, options.num_gpus, options.node_ip
+    port, dashboard_port, dashboard_host = options.port, options.dashboard_port, options.dashboard_host
+    object_store_memory, storage, timeout = options.object_store_memory, options.storage, options.timeout
     if storage:  # before anything starts; never a local folder named `s3:`, never credentials recorded
         storage = storage_uri(storage, check_local=True)
     refuse_if_running()

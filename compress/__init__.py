@@ -27,9 +27,9 @@ This package imports torch, numpy and the standard library only
 """
 
 from ._artifact import dense_bytes, save
-from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
 from ._int8 import Int8Linear, to_int8
+from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._mixed import assign_bits, average_bits, layer_sensitivity, output_kl, output_mse, stored_widths
 from ._models import build_model, prunable_modules, recipe_of
 from ._prune import (

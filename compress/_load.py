@@ -16,6 +16,7 @@ So memory and time are O(file length + max_params) whatever the bytes say.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -79,7 +80,7 @@ def load(
     version, manifest, take = _guard(label, _parse, blob, label, max_params)
     configs = () if version == 3 else _guard(label, lambda: tuple(config_from_json(c) for c in manifest["configs"]))
     recipe = manifest["recipe"]
-    model = _build(recipe, label, manifest["tensors"], builders, trust_code, max_params)
+    model = _build(recipe, label, manifest["tensors"], _Consent(builders, trust_code), max_params)
     table = manifest["tensors"]
     if version == 3:  # names and shapes from the model the recipe built
         table = _guard(label, resolve, table, model.state_dict())
@@ -107,9 +108,19 @@ def read_manifest(src: Source, *, max_params: int = MAX_PARAMS) -> dict[str, Any
 # --------------------------------------------------------------------- model
 
 
-def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]],
-           builders: Mapping[str, Builder] | None, trust_code: bool, max_params: int) -> nn.Module:
+@dataclass(frozen=True)
+class _Consent:
+    """What the caller of :func:`load` allows a hook recipe: these ``builders``, or with
+    ``trust_code`` importing the hook it names."""
+
+    builders: Mapping[str, Builder] | None
+    trust_code: bool
+
+
+def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]], consent: _Consent,
+           max_params: int) -> nn.Module:
     """The recipe's model, bounded (built-ins) or built only with the caller's consent (hooks)."""
+    builders, trust_code = consent.builders, consent.trust_code
     try:
         _check_recipe(recipe)
     except (TypeError, ValueError, RecursionError) as e:
@@ -164,7 +175,8 @@ def _fill(model: nn.Module, recipe: dict[str, Any], tensors: list[dict[str, Any]
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, *recipe["input_shape"]))
         if tuple(out.shape) != (1, recipe["output_dim"]):
-            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, the recipe says {recipe['output_dim']}")
+            raise _bad(label, f"its tensors give {tuple(out.shape)[1:]} outputs, "
+                              f"the recipe says {recipe['output_dim']}")
 
 
 def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -49,7 +49,8 @@ def output_kl(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def layer_sensitivity(model: nn.Module, config: AffineQuantize | FakeQuantize, x: torch.Tensor,
-                      choices: Iterable[int] = WIDTHS, error: Callable[[torch.Tensor, torch.Tensor], float] = output_mse,
+                      choices: Iterable[int] = WIDTHS,
+                      error: Callable[[torch.Tensor, torch.Tensor], float] = output_mse,
                       ) -> dict[str, dict[int, float]]:
     """``{layer: {width: error}}``: ``error(outputs, unquantized outputs)`` on ``x`` when only that
     layer is quantized (default: `output_mse`; `output_kl` for classifiers)."""

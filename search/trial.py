@@ -19,7 +19,7 @@ import socket
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,10 +28,15 @@ import torch
 from torch import nn
 
 import compress
-from search.task.data import Data
 from search.storage import Storage
-from search.task.train import Schedule, evaluate, train
-from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, Metric, MethodKeys, Spec, computed_metrics, task_metric
+from search.task.data import Data
+from search.task.train import Fit, Schedule, evaluate, train
+from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, MethodKeys, Metric, Spec, computed_metrics, task_metric
+
+#: Seed offsets from the trial's seed, so each training phase of a trial shuffles its batches
+#: differently yet reproducibly: fine-tuning after pruning, then QAT. Ladder rung ``k`` (from 1)
+#: compresses with seed + ``k * RUNG_SEED_STRIDE``, clear of both. Changing them changes rows.
+FINETUNE_SEED_OFFSET, QAT_SEED_OFFSET, RUNG_SEED_STRIDE = 1, 2, 1000
 
 
 @dataclass(frozen=True)
@@ -154,29 +159,30 @@ def schedule_of(config: dict[str, Any]) -> Schedule:
     return Schedule(str(get("lr_schedule", "constant")), float(get("warmup", 0.0)), float(get("decay", 0.0)))
 
 
-def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train_args: dict[str, Any],
+def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, fit: Fit,
                      methods: Iterable[MethodKeys] | None = None) -> tuple[nn.Module, list]:
     """The compression chosen by ``config``, applied to a trained ``model`` (left unchanged):
     prune → fine-tune (magnitude: zeros held by masks, or reached along the cubic schedule when
     ``gradual``) → declared methods → QAT fine-tune (fake-quantized weights, straight-through
     gradients) → quantize. Fine-tuning and QAT decay the learning rate over their own epochs when
-    the trial's schedule is not constant (:meth:`Schedule.finetune`). Returns (compressed model, configs)."""
+    the trial's schedule is not constant (:meth:`Schedule.finetune`). ``fit`` gives the learning
+    rate, batch size and weight decay; epochs and seeds are each phase's. Returns (compressed model, configs)."""
     prune, qat, quant = compression_configs(config, methods)
-    train_args = {**train_args, "schedule": schedule_of(config).finetune()}
+    fit = replace(fit, schedule=schedule_of(config).finetune())
     seed = int(config["seed"])
     ft = int(_given(config, PRUNE, "finetune_epochs")) if prune else 0
     magnitude = bool(prune) and isinstance(prune[0], compress.MagnitudePrune)
     if magnitude and ft and _given(config, PRUNE, "gradual"):
         model = compress.compress(model)  # a copy, pruned step by step while it fine-tunes
-        steps = ft * -(-len(data.x_train) // int(train_args["batch_size"]))
-        train(model, data, epochs=ft, after_step=compress.gradual_pruning(model, prune[0], steps),
-              **{**train_args, "seed": seed + 1})
+        steps = ft * -(-len(data.x_train) // int(fit.batch_size))
+        train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET),
+              after_step=compress.gradual_pruning(model, prune[0], steps))
     else:
         model = compress.compress(model, *prune)  # a plain copy when nothing is pruned
         if ft:
             masks = compress.sparsity_masks(model)
-            train(model, data, epochs=ft, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
-                  **{**train_args, "seed": seed + 1})
+            train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET),
+                  after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
     declared = [c for c in quant if not isinstance(c, compress.AffineQuantize)]
     if declared:
         model = compress.compress(model, *declared)
@@ -191,9 +197,8 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, train
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
-        train(model, data, epochs=int(_given(config, QUANTIZE, "qat_epochs")),
-              after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None,
-              **{**train_args, "seed": seed + 2})
+        qat_fit = replace(fit, epochs=int(_given(config, QUANTIZE, "qat_epochs")), seed=seed + QAT_SEED_OFFSET)
+        train(model, data, qat_fit, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
     if quant:
         model = compress.compress(model, *quant)
     return model, [*prune, *qat, *quant]
@@ -210,10 +215,21 @@ def layer_widths(model: nn.Module) -> tuple[str | None, float | None]:
     return ",".join(str(w) for w in widths.values()), compress.average_bits(model, widths)
 
 
-def measure(model: nn.Module, configs: list, dense: nn.Module, recipe: dict[str, Any], data: Data,
-            setup: TrialSetup, name: str, computed: Iterable[Metric] = ()) -> dict[str, Any]:
-    """Evaluate a compressed model, store its artifact, and return the metrics of a row: those
-    measured here, and each of ``computed`` through its declared ``compute`` hook."""
+@dataclass(frozen=True)
+class Trained:
+    """A trial's trained model before compression (``dense``), the ``recipe`` that builds it and
+    the ``data`` it was trained on: what each compressed copy is measured against."""
+
+    dense: nn.Module
+    recipe: dict[str, Any]
+    data: Data
+
+
+def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) -> dict[str, Any]:
+    """Evaluate a compressed model, store its artifact as ``artifacts/<name>.slim``, and return
+    the metrics of a row: those measured here, and each of ``setup.metrics`` through its
+    declared ``compute`` hook."""
+    dense, recipe, data, computed = trained.dense, trained.recipe, trained.data, setup.metrics
     val = evaluate(model, data.x_val, data.y_val, data.kind)
     test = evaluate(model, data.x_test, data.y_test, data.kind)
     params, nonzero = compress.count_params(model)
@@ -263,12 +279,13 @@ def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str,
         if _key(rung, training) in seen:
             continue
         seen.add(_key(rung, training))
-        rungs.append({**rung, "seed": int(config["seed"]) + 1000 * (len(rungs) + 1)})
+        rungs.append({**rung, "seed": int(config["seed"]) + RUNG_SEED_STRIDE * (len(rungs) + 1)})
     return rungs
 
 
 def _key(cfg: dict[str, Any], training: set[str]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in training and k not in ("seed", "trial_number")))
+    skip = training | {"seed", "trial_number"}
+    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in skip))
 
 
 def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None) -> dict[str, Any]:
@@ -299,22 +316,22 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
         report({"epoch": epoch, "phase": "train", f"val_{metric}": val[metric], "val_loss": val["loss"]})
 
-    train_args = dict(lr=float(config["lr"]), batch_size=int(config["batch_size"]),
-                      weight_decay=float(config.get("weight_decay", 0.0)), seed=seed)
-    train(dense, data, epochs=int(config["epochs"]), on_epoch=on_epoch, schedule=schedule_of(config), **train_args)
-    model, configs = compress_trained(dense, config, data, train_args, setup.methods)
+    fit = Fit(lr=float(config["lr"]), batch_size=int(config["batch_size"]), epochs=int(config["epochs"]), seed=seed,
+              weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config))
+    train(dense, data, fit, on_epoch=on_epoch)
+    model, configs = compress_trained(dense, config, data, fit, setup.methods)
     train_seconds = time.perf_counter() - t0
-    final = {**measure(model, configs, dense, recipe, data, setup, trial_name, setup.metrics),
+    trained = Trained(dense, recipe, data)
+    final = {**measure(model, trained, setup, trial_name),
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
     given = config.get("ladder_configs")  # proposed by the searcher; else drawn here (older configs)
     if given is not None or (setup.ladder and setup.spec is not None):
         rungs = []
         for k, rung in enumerate(given if given is not None else ladder_configs(setup.spec, config, setup.ladder)):
             t1 = time.perf_counter()
-            small, rung_configs = compress_trained(dense, rung, data, train_args, setup.methods)
+            small, rung_configs = compress_trained(dense, rung, data, fit, setup.methods)
             rungs.append({"config": rung,
-                          **measure(small, rung_configs, dense, recipe, data, setup, f"{trial_name}-r{k}",
-                                    setup.metrics),
+                          **measure(small, trained, setup, f"{trial_name}-r{k}"),
                           "train_seconds": time.perf_counter() - t1, "node": final["node"]})
         final["ladder"] = rungs
     report(final)

@@ -186,7 +186,8 @@ COMMANDS = [
             "  slimtune cluster down", _cluster_args, _cluster),
     Command("submit", "run a sweep on a Ray cluster as a Ray job; prints its sweep id and returns",
             "examples:\n  slimtune submit examples/digits.yaml\n"
-            "  slimtune submit examples/digits.yaml --address http://127.0.0.1:8265 --storage s3://bucket/sweeps", _submit_args, _submit),
+            "  slimtune submit examples/digits.yaml --address http://127.0.0.1:8265 --storage s3://bucket/sweeps",
+            _submit_args, _submit),
     Command("status", "a submitted sweep's job status and trial counts", "example: slimtune status ID",
             _id_args, _status),
     Command("logs", "a submitted sweep's driver output", "example: slimtune logs ID --follow", _logs_args, _logs),

@@ -17,7 +17,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                                                 "artifacts/): a path, s3://bucket/prefix or gs://bucket/prefix")
     p.add_argument("--address", default=None,
                    help="Ray address to run on (default: RAY_ADDRESS, else a local Ray started for the sweep)")
-    p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
+    p.add_argument("--quiet", action="store_true",
+                   help="plain progress: one line per finished trial, no redrawn status block")
     p.add_argument("--warm-start", default=None, metavar="SWEEP",
                    help="an earlier sweep folder: its front is tried first, its trials are observations "
                         "when task and space match")
@@ -55,7 +56,8 @@ def _interrupt_note(out: str):
 def _resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="sweep folder or URI (s3://…, gs://…)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--quiet", action="store_true", help="plain progress: one line per finished trial, no redrawn status block")
+    p.add_argument("--quiet", action="store_true",
+                   help="plain progress: one line per finished trial, no redrawn status block")
 
 
 def _extend_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +144,8 @@ COMMANDS = [
     Command("sweep", "run a sweep from a YAML spec", "example: slimtune sweep examples/digits.yaml --out runs/digits",
             _sweep_args, _sweep),
     Command("results", "print a sweep's trials",
-            "examples:\n  slimtune results runs/digits --pareto\n  slimtune results runs/digits --format csv > trials.csv",
+            "examples:\n  slimtune results runs/digits --pareto\n"
+            "  slimtune results runs/digits --format csv > trials.csv",
             _results_args, _results),
     Command("resume", "continue a sweep whose driver stopped (killed, rebooted) up to its budget",
             "example: slimtune resume runs/digits", _resume_args, _resume),

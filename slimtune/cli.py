@@ -11,9 +11,8 @@ import argparse
 import os
 import sys
 
-from slimtune import __version__
+from slimtune import __version__, _cmd_cluster, _cmd_report, _cmd_sweep
 from slimtune._command import Command
-from slimtune import _cmd_cluster, _cmd_report, _cmd_sweep
 
 #: Every module that contributes subcommands, in the order ``--help`` lists them.
 MODULES = [_cmd_sweep, _cmd_cluster, _cmd_report]

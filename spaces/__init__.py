@@ -21,23 +21,13 @@ from spaces._metrics import (
     whole_columns,
     worst_value,
 )
-from spaces._spec import (
-    BUILTIN_DATASETS,
-    Bound,
-    Objective,
-    Promote,
-    Resources,
-    Search,
-    Spec,
-    Task,
-    load_spec,
-    parse_spec,
-    require_search,
-)
+from spaces._parse import load_spec, parse_spec, require_search
+from spaces._spec import BUILTIN_DATASETS, Bound, Objective, Promote, Resources, Search, Spec, Task
 
 __all__ = [
     "BUILTIN_DATASETS", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",
-    "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "PRUNE", "Param", "Promote", "QUANTIZE", "Resources",
+    "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "PRUNE", "Param", "Promote",
+    "QUANTIZE", "Resources",
     "RunError", "Search", "Section", "Spec", "SpecError", "Task", "Uniform", "When", "computed_metrics",
     "declare", "load_spec", "parse_param", "parse_spec", "require_search", "result_columns", "shown_columns",
     "suggest", "task_metric", "to_json", "whole_columns", "worst_value",

@@ -170,7 +170,8 @@ def _load_or_refuse(blob: bytes) -> nn.Module | None:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     if blob[:8] == MAGIC3:  # names are the model's; shapes where stored
         assert len(man["tensors"]) == len(shapes)
-        assert all(t["shape"] == shape for t, shape in zip(man["tensors"], shapes.values(), strict=True) if "shape" in t)
+        assert all(t["shape"] == shape
+                   for t, shape in zip(man["tensors"], shapes.values(), strict=True) if "shape" in t)
     else:
         assert shapes == {t["name"]: t["shape"] for t in man["tensors"]}
     recipe = compress.recipe_of(model)
@@ -295,7 +296,8 @@ def _xz(blocks: list[tuple[bytes, int, int]]) -> bytes:
     index += bytes(-len(index) % 4)
     index += struct.pack("<I", binascii.crc32(index))
     footer = struct.pack("<I", len(index) // 4 - 1) + b"\x00\x00"
-    return header + b"".join(b for b, _, _ in blocks) + index + struct.pack("<I", binascii.crc32(footer)) + footer + b"YZ"
+    crc = struct.pack("<I", binascii.crc32(footer))
+    return header + b"".join(b for b, _, _ in blocks) + index + crc + footer + b"YZ"
 
 
 def _hostile(blobs: dict[str, bytes]) -> dict[str, bytes]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-import search.driver.sweep
+import search.driver.drive
 from slimtune.cli import main
 
 GOOD = {
@@ -89,7 +88,7 @@ def no_ray(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("Ray must not start on bad input")
 
-    monkeypatch.setattr(search.driver.sweep, "_init_ray", refuse)
+    monkeypatch.setattr(search.driver.drive, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("case,edit,files,field", CASES, ids=[c[0] for c in CASES])

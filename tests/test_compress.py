@@ -3,13 +3,12 @@ numerics, properties (hypothesis), sizes, errors and import hygiene."""
 
 from __future__ import annotations
 
-import re
-
 import ast
 import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -544,7 +543,7 @@ def test_mlp_layout() -> None:
     m = compress.build_model({"arch": "mlp", "input_shape": [8, 8], "output_dim": 1,
                               "depth": 3, "width": 5})
     linears = [mod for mod in m if isinstance(mod, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(64, 5), (5, 5), (5, 5), (5, 1)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(64, 5), (5, 5), (5, 5), (5, 1)]
 
 
 def test_build_model_is_reproducible_under_seed() -> None:
@@ -696,7 +695,7 @@ def test_structured_prune_shrinks_tensors_and_keeps_the_output_layer(
     else:  # a hook's model is not built to save it, so every shape is stored
         assert {k: t["shape"] for k, t in table.items()} == {k: list(v.shape) for k, v in small.state_dict().items()}
     loaded = compress.load(tmp_path / "m.slim", builders=BUILDERS)
-    for name, module in compress.prunable_modules(loaded):
+    for _name, module in compress.prunable_modules(loaded):
         if isinstance(module, nn.Linear):
             assert (module.out_features, module.in_features) == tuple(module.weight.shape)
         else:
@@ -856,7 +855,8 @@ def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((outputs(model, x) - y).square().mean())
 
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, cosine: bool = False) -> list[float]:
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int,
+         cosine: bool = False) -> list[float]:
     """Full-batch Adam on the MSE (lr decayed to 0 along a cosine if asked); each step's loss."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from search.searcher.promote import Promotion
-from search.task.train import Schedule
+from search.task.train import Fit, Schedule
 from spaces import SpecError, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,10 +89,10 @@ def test_train_applies_the_schedule_to_each_step(monkeypatch):
     y = (x[:, 0] > 0).astype(np.int64)
     data = Data(x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y, kind="classification", n_outputs=2)
     s = Schedule("wsd", warmup=0.1, decay=0.3)
-    train(torch.nn.Linear(4, 2), data, lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s)  # 3 steps an epoch
+    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s))  # 3 steps an epoch
     assert seen == pytest.approx([0.1 * s.factor(t, 30) for t in range(30)])
     seen.clear()
-    train(torch.nn.Linear(4, 2), data, lr=0.1, batch_size=16, epochs=2, seed=0)
+    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=2, seed=0))
     assert seen == [0.1] * 6
 
 
@@ -175,7 +175,8 @@ def promo_spec(**search) -> dict:
 
 def result(cfg: dict) -> dict:
     """A fake final report: accuracy grows with lr, size with width."""
-    return {"phase": "final", "accuracy": min(1.0, 10 * cfg["lr"]) * cfg["epochs"] / 3, "size_bytes": 100.0 * cfg["width"]}
+    return {"phase": "final", "accuracy": min(1.0, 10 * cfg["lr"]) * cfg["epochs"] / 3,
+            "size_bytes": 100.0 * cfg["width"]}
 
 
 def drive(searcher, stop_after: int | None = None) -> list[dict]:
@@ -220,7 +221,7 @@ def test_the_searcher_promotes_as_new_trials(reproducible):
 
     spec = parse_spec(promo_spec(reproducible=reproducible))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    cfgs = drive(SlimSearcher(spec, study, data=None, trials=6, rows={}))
+    cfgs = drive(SlimSearcher(spec, study, data=None, trials=6))
     assert len(cfgs) == 8 and sum(c.get("parent") is not None for c in cfgs) == 2
     check_promotions(study, spec)
 
@@ -235,7 +236,7 @@ def test_reproducible_mode_promotes_at_batch_boundaries_whatever_the_order_trial
     def run(reverse: bool) -> list[tuple]:
         study = optuna.create_study(directions=["maximize", "minimize"],
                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        searcher, out, k = SlimSearcher(spec, study, data=None, trials=9, rows={}), [], 0
+        searcher, out, k = SlimSearcher(spec, study, data=None, trials=9), [], 0
         while True:
             batch = []
             while (cfg := searcher.suggest(f"t{k}")) not in (None, searcher.FINISHED):
@@ -264,7 +265,7 @@ def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
     spec = parse_spec(promo_spec())
     for kill_at in range(1, 9):
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-        drive(SlimSearcher(spec, study, data=None, trials=6, rows={}), stop_after=kill_at)
+        drive(SlimSearcher(spec, study, data=None, trials=6), stop_after=kill_at)
         for t in study.trials:  # resume_sweep's treatment of the trials that were running
             if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("config") is not None:
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
@@ -272,7 +273,7 @@ def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
         done = sum(1 for t in study.trials if t.state.is_finished() and t.user_attrs.get("row")
                    and t.user_attrs.get("parent") is None)
         assert done < 6 or promotions_left(spec, study) or kill_at == 8
-        drive(SlimSearcher(spec, study, data=None, trials=6 - done, rows={}))
+        drive(SlimSearcher(spec, study, data=None, trials=6 - done))
         ended = [t for t in study.trials if t.user_attrs.get("row")]
         assert len(ended) == 8, kill_at
         check_promotions(study, spec)

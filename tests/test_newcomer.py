@@ -36,8 +36,8 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slimtune", *args], cwd=cwd, env=_env(), capture_output=True, check=False,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "slimtune", *args], cwd=cwd, env=_env(), capture_output=True,
+                          check=False, text=True, timeout=timeout)
 
 
 def _spec(folder: Path, name: str = "t", **sections) -> Path:
@@ -237,7 +237,8 @@ def _sweep_folder(tmp_path: Path, rows: list[dict]) -> Path:
     """A sweep folder as the driver writes its table (``write_results``), without artifacts."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / SWEEP).write_text('{"name": "t", "objectives": {"accuracy": "max", "size_bytes": "min"}, '
-                                  '"params": ["lr", "epochs", "bits"], "trials": 3, "created": "2026-01-01T00:00:00+0000"}')
+                                  '"params": ["lr", "epochs", "bits"], "trials": 3, '
+                                  '"created": "2026-01-01T00:00:00+0000"}')
     write_results(tmp_path, rows, ["lr", "epochs", "bits"])
     return tmp_path
 

@@ -201,7 +201,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(with_failure
 def test_report_default_path_and_importances(run):
     imps = param_importances(run)
     assert set(imps) == {"accuracy", "size_bytes"}
-    for name, imp in imps.items():
+    for _name, imp in imps.items():
         assert isinstance(imp, dict), imp
         assert imp and sum(imp.values()) == pytest.approx(1.0)
         assert set(imp) <= {"lr", "depth", "width", "prune_method", "sparsity", "bits"}

@@ -28,8 +28,8 @@ from torch import nn
 
 import compress
 from search import evaluate, load_data, load_results, prepare, resume_sweep, run_sweep
-from search.task.data import sweep_split_seed
 from search.searcher.observe import warm_start
+from search.task.data import sweep_split_seed
 from search.trial import TrialSetup, run_trial
 from spaces import SpecError, parse_spec
 
@@ -169,7 +169,8 @@ def test_fixture_resumes_with_nothing_to_do_and_keeps_its_split(old_sweep):
     (old_sweep / "sweep.json").write_text(json.dumps(meta))
     before = load_results(old_sweep)
     after = resume_sweep(old_sweep, quiet=True)
-    pd.testing.assert_frame_equal(after.drop(columns="ended_at", errors="ignore"), before.drop(columns="ended_at", errors="ignore"), check_dtype=False)
+    pd.testing.assert_frame_equal(after.drop(columns="ended_at", errors="ignore"),
+                                  before.drop(columns="ended_at", errors="ignore"), check_dtype=False)
     meta = json.loads((old_sweep / "sweep.json").read_text())
     assert meta["split_seed"] == 3 and meta["sessions"] == 2 and meta["trials"] == 3
 
@@ -181,7 +182,8 @@ def test_fixture_extends(ray_session, old_sweep):
     assert len(new) >= 1 and (new["trial_number"] > before["trial_number"].max()).all()
     assert new["parent"].isna().sum() == 1  # one more training (and its ladder rung, when ok)
     kept = df[df["trial_id"].isin(before["trial_id"])].reset_index(drop=True)
-    pd.testing.assert_frame_equal(kept.drop(columns="ended_at", errors="ignore"), before.drop(columns="ended_at", errors="ignore"), check_dtype=False)
+    pd.testing.assert_frame_equal(kept.drop(columns="ended_at", errors="ignore"),
+                                  before.drop(columns="ended_at", errors="ignore"), check_dtype=False)
     meta = json.loads((old_sweep / "sweep.json").read_text())
     assert meta["split_seed"] == 0 and meta["trials"] == 4
 

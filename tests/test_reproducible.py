@@ -80,7 +80,7 @@ def test_a_batch_is_asked_whole_and_told_at_its_end_in_trial_number_order():
     s["search"].update(trials=5, early_stop=False, ladder=0)
     spec = parse_spec(s)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    searcher = SlimSearcher(spec, study, data=None, trials=5, rows={})
+    searcher = SlimSearcher(spec, study, data=None, trials=5)
     ids = ["a", "b", "c", "d"]
     cfgs = [searcher.suggest(i) for i in ids]
     assert [c["trial_number"] for c in cfgs] == [0, 1, 2, 3]  # a batch of 4 whatever the concurrency

@@ -18,8 +18,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from search import load_results
-from search.results.table import sweep_meta, write_results
 from search.lease import Lease, pid_alive, process_start_time
+from search.results.table import sweep_meta, write_results
 from search.storage import Storage
 from spaces import SpecError
 

@@ -6,6 +6,7 @@ from ``results.parquet`` for ``slimtune status``); one formats it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -49,7 +50,7 @@ def size_budgets(sizes: Iterable[float], n: int = 4) -> list[int]:
 
 
 def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mapping[str, str], budget: int,
-             running: int = 0, elapsed_s: float = 0.0, session_done: int | None = None) -> Progress:
+             running: int = 0, elapsed_s: float = 0.0) -> Progress:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     ok = df[df["status"] == "ok"] if len(df) else df
     # Budget counts trainings: ladder rungs (rows with a parent) and skipped configurations do not.
@@ -65,10 +66,15 @@ def progress(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, objectives: Mappi
             under = ok[ok["size_bytes"] <= b][metric]
             if len(under):
                 best.append((b, float(under.max())))
-    done = session_done if session_done is not None else n_ok + n_failed + n_stopped
-    left = max(0, budget - n_ok - n_failed - n_stopped)
-    eta = elapsed_s / done * left if done else None
-    return Progress(budget, n_ok, n_failed, running, elapsed_s, eta, len(front), tuple(best), metric, n_stopped)
+    p = Progress(budget, n_ok, n_failed, running, elapsed_s, None, len(front), tuple(best), metric, n_stopped)
+    return at_pace(p, p.finished)
+
+
+def at_pace(p: Progress, done: int) -> Progress:
+    """``p`` with its ETA at the pace of ``done`` trainings in ``p.elapsed_s`` (a driver's own
+    session: the trainings it ran, not those of earlier sessions)."""
+    left = max(0, p.budget - p.finished)
+    return dataclasses.replace(p, eta_s=p.elapsed_s / done * left if done else None)
 
 
 def counts(p: Progress) -> str:
@@ -114,7 +120,8 @@ class Reporter:
         return self._stream if self._stream is not None else sys.stdout
 
     def _block(self, rows, running: int) -> list[str]:
-        p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)
+        p = at_pace(progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0),
+                    self.session_done)
         return format_progress(p)
 
     def trial_ended(self, row: Mapping[str, Any], rows, running: int) -> None:
@@ -126,7 +133,8 @@ class Reporter:
             print(line, file=self.stream)
             self._draw(self._block(rows, running))
         else:
-            p = progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0, self.session_done)
+            p = at_pace(progress(rows, self.objectives, self.budget, running, time.monotonic() - self.t0),
+                    self.session_done)
             eta = "?" if p.eta_s is None else f"{p.eta_s:.0f}s"
             print(f"[{p.finished}/{p.budget} trained, {p.elapsed_s:.0f}s, eta {eta}, front {p.front_size}] {line}",
                   file=self.stream, flush=True)

@@ -1,4 +1,4 @@
-"""Deployable exports of a sweep's trial, and predictions from them.
+"""Deployable exports of a sweep's trial (predictions from them: :mod:`search.present.predict`).
 
 Three formats, each carrying the same manifest (JSON, see :func:`export_manifest`: the trial's
 metrics and parameters from its results row, the model's recipe and compression configs, the
@@ -13,9 +13,6 @@ preprocessing, library versions):
 
 ONNX and TorchScript hold the model as dense fp32 (the weights after pruning and quantization,
 so the same numbers), so they are larger than the ``slim`` file.
-
-``predict`` reads a CSV of feature columns in training order, applies the training
-preprocessing stored in the manifest and returns class labels (or regression values).
 """
 
 from __future__ import annotations
@@ -25,9 +22,8 @@ import json
 import math
 import platform
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +39,7 @@ ONNX_ATOL = 1e-4
 MANIFEST_KEY = "slimtune"  # ONNX metadata_props key
 EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
 EXPORT_VERSION = 1
-_ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGIC = b"PK\x03\x04"
 #: The CLI flag (and, as ``trust_code=True``, the keyword) that lets a model hook be imported.
 TRUST_FLAG = "--trust-code"
 
@@ -182,7 +178,8 @@ def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", m
         return compress.load(src, trust_code=trust_code)
     except compress.UntrustedCodeError as exc:
         raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG} "
-                        "(trust_code=True)", where, f"add {TRUST_FLAG} if you trust where this sweep came from") from None
+                        "(trust_code=True)", where,
+                        f"add {TRUST_FLAG} if you trust where this sweep came from") from None
     except compress.ArtifactError as exc:
         raise SpecError(field, "must be a valid slimtune artifact", where, str(exc)) from None
 
@@ -271,9 +268,9 @@ def _probe(shape: list[int], n: int = 16) -> np.ndarray:
 
 
 def _write_torchscript(model, manifest: dict[str, Any], out: Path) -> None:
-    import torch
-
     import io
+
+    import torch
 
     example = torch.from_numpy(_probe(manifest["model"]["input_shape"], 2))
     buf = io.BytesIO()
@@ -313,183 +310,3 @@ def _write_onnx(model, manifest: dict[str, Any], out: Path) -> None:
     entry = proto.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest)
     write_atomic(out, proto.SerializeToString())
-
-
-# ------------------------------------------------------------------ load and predict
-
-
-@dataclass(frozen=True)
-class Exported:
-    """A loaded export: ``logits(x)`` maps a float32 array ``(rows, *input_shape)`` to outputs."""
-
-    format: str
-    manifest: dict[str, Any]
-    logits: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def input_shape(self) -> list[int]:
-        return list(self.manifest["model"]["input_shape"])
-
-    def model_input(self, features: np.ndarray) -> np.ndarray:
-        """CSV feature rows ``(rows, features)`` → the model's input, preprocessed as in training."""
-        pre = self.manifest["preprocess"]
-        n = math.prod(self.input_shape)
-        x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-        if x.shape[1] != n:
-            raise SpecError("data", f"needs {n} feature columns (as in training, same order)",
-                            f"{x.shape[1]} columns")
-        x = (x - np.asarray(pre["x_mean"], dtype=np.float64)) / np.asarray(pre["x_std"], dtype=np.float64)
-        return np.ascontiguousarray(x.reshape(len(x), *self.input_shape), dtype=np.float32)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Class labels (classification) or values in the target's units (regression)."""
-        out = self.logits(self.model_input(features))
-        pre = self.manifest["preprocess"]
-        if self.manifest["model"]["kind"] == "classification":
-            return np.asarray(pre["classes"], dtype=object)[np.argmax(out, axis=1)]
-        y = out.reshape(len(out), -1)[:, 0].astype(np.float64)
-        if pre.get("y_std") is not None:
-            y = y * float(pre["y_std"]) + float(pre.get("y_mean") or 0.0)
-        return y
-
-
-def export_format(path: str | Path) -> str:
-    """``slim``, ``torchscript`` or ``onnx``, from the file's first bytes."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError("model", "must be an existing file", str(path))
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head == _ZIP_MAGIC:
-        return "torchscript"
-    from compress import read_manifest
-
-    try:
-        read_manifest(path)  # any artifact format compress reads
-    except Exception:
-        return "onnx"
-    return "slim"
-
-
-def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = False) -> Exported:
-    """Load a file written by :func:`export_trial` (any of the three formats).
-
-    ``trust_code``: a ``slim`` model that is a ``module:function`` hook is imported only with it.
-    """
-    fmt = export_format(path)
-    path = Path(path)
-    if fmt == "slim":
-        side = sidecar(path)
-        if not side.is_file():
-            raise SpecError("model", "a slim model needs its manifest beside it", str(side),
-                            "write it with `slimtune export`, which puts model.slim.json next to model.slim")
-        manifest = json.loads(side.read_text())
-        folder = str(manifest.get("sweep", {}).get("folder", ""))
-        meta = _local_meta(folder)
-        model = model_from_artifact(path, meta.get("base_dir"), trust_code=trust_code)
-        run = _torch_runner(model)
-    elif fmt == "torchscript":
-        import torch
-
-        extra = {EXTRA_FILE: ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-            except Exception as exc:
-                raise SpecError("model", "must be a slimtune export (slim, onnx or torchscript)", str(path),
-                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        if not extra[EXTRA_FILE]:
-            raise SpecError("model", f"a TorchScript file must carry {EXTRA_FILE}", str(path),
-                            "write it with `slimtune export --format torchscript`")
-        manifest = json.loads(extra[EXTRA_FILE])
-        run = _torch_runner(module.eval())
-    else:
-        import onnxruntime as ort
-
-        try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise SpecError("model", "must be a slimtune export (slim, onnx or torchscript)", str(path),
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        meta = sess.get_modelmeta().custom_metadata_map
-        if MANIFEST_KEY not in meta:
-            raise SpecError("model", f"an ONNX file must carry metadata_props[{MANIFEST_KEY!r}]", str(path),
-                            "write it with `slimtune export --format onnx`")
-        manifest = json.loads(meta[MANIFEST_KEY])
-        name = sess.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return sess.run(None, {name: x})[0]
-
-    def logits(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        parts = [run(x[i:i + batch]) for i in range(0, len(x), batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, manifest["model"]["n_outputs"]), np.float32)
-
-    return Exported(fmt, manifest, logits)
-
-
-def _local_meta(folder: str) -> dict[str, Any]:
-    """The sweep.json of an export's sweep where it is a folder on this machine, else {} (a sweep
-    at a URI: its spec folder is not on this machine either)."""
-    if not folder or "://" in folder:
-        return {}
-    path = Path(folder) / "sweep.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _torch_runner(model) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    return run
-
-
-def read_features(csv: str | Path, exported: Exported) -> np.ndarray:
-    """The feature rows of a CSV for ``exported``: with or without a header row; a column
-    named as the training target is dropped."""
-    csv = Path(csv)
-    if not csv.is_file():
-        raise SpecError("data", "must be an existing CSV file", str(csv))
-    try:
-        first = pd.read_csv(csv, header=None, nrows=1, dtype=str, keep_default_na=False)
-        headerless = len(first) and all(_is_number(v) for v in first.iloc[0])  # the first line is data
-        df = pd.read_csv(csv, header=None if headerless else "infer")
-    except Exception as exc:
-        raise SpecError("data", "must be a readable CSV file", str(csv), str(exc).splitlines()[0]) from None
-    if len(df) == 0:
-        raise SpecError("data", "must hold at least one row of features", f"{csv} with a header row only")
-    target = exported.manifest["preprocess"].get("target")
-    if target is not None and target in df.columns:
-        df = df.drop(columns=[target])
-    n = math.prod(exported.input_shape)
-    if df.shape[1] != n:
-        raise SpecError("data", f"needs {n} feature columns (as in training, same order)",
-                        f"{df.shape[1]} columns in {csv}")
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
-            raise SpecError("data", f"feature column {col!r} must be numeric", str(df[col].iloc[0]))
-        if df[col].isna().any():
-            row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-            raise SpecError("data", f"feature column {col!r} must have no missing values",
-                            f"an empty cell in row {row}")
-    return df.to_numpy(dtype=np.float64)
-
-
-def _is_number(text: Any) -> bool:
-    try:
-        float(str(text))
-    except ValueError:
-        return False
-    return True
-
-
-def predict_csv(model: str | Path, csv: str | Path, *, trust_code: bool = False) -> pd.DataFrame:
-    """Predictions of the exported ``model`` for each row of ``csv``: one column ``prediction``
-    (``trust_code`` as for :func:`load_exported`)."""
-    exported = load_exported(model, trust_code=trust_code)
-    return pd.DataFrame({"prediction": exported.predict(read_features(csv, exported))})

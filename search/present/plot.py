@@ -108,13 +108,36 @@ def _pareto_panel(ax, df: pd.DataFrame, meta: Mapping[str, Any], metric: str) ->
     for _, row in front.iterrows():
         ax.annotate(str(int(row["trial_number"])), (row[SIZE], row[metric]), textcoords="offset points",
                     xytext=(4, -11), fontsize=8, color="C0")
+    _dense_links(ax, front, metric)
+    notes = _constraint_lines(ax, meta, metric)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    title = (f"{meta.get('name', '')}: {len(ok)} finished, {failed} failed, front of {len(front)} "
+             f"({' / '.join(f'{k} {d}' for k, d in objectives.items())})")
+    ax.set_title(title, fontsize=10)
+    if notes:
+        ax.text(0.01, 0.01, "not on these axes: " + ", ".join(notes), transform=ax.transAxes, fontsize=8,
+                va="bottom", color="C3")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _dense_links(ax, front: pd.DataFrame, metric: str) -> None:
+    """Each front trial linked to the same model stored dense fp32 (``dense_bytes``)."""
     dense = front[np.isfinite(pd.to_numeric(front["dense_bytes"], errors="coerce").astype(float))]
-    if len(dense):
-        for _, row in dense.iterrows():
-            ax.plot([row[SIZE], row["dense_bytes"]], [row[metric], row[metric]], ls=":", lw=0.9, color="C1",
-                    zorder=1)
-        ax.scatter(dense["dense_bytes"], dense[metric], s=40, facecolors="none", edgecolors="C1", lw=1.2,
-                   label="same model stored dense fp32 (dense_bytes)", zorder=3)
+    if not len(dense):
+        return
+    for _, row in dense.iterrows():
+        ax.plot([row[SIZE], row["dense_bytes"]], [row[metric], row[metric]], ls=":", lw=0.9, color="C1",
+                zorder=1)
+    ax.scatter(dense["dense_bytes"], dense[metric], s=40, facecolors="none", edgecolors="C1", lw=1.2,
+               label="same model stored dense fp32 (dense_bytes)", zorder=3)
+
+
+def _constraint_lines(ax, meta: Mapping[str, Any], metric: str) -> list[str]:
+    """A dashed line for each constraint on the panel's axes; the labels of the others."""
     notes = []
     for name, bound in (meta.get("constraints") or {}).items():
         for side, sym in (("max", "≤"), ("min", "≥")):
@@ -128,18 +151,7 @@ def _pareto_panel(ax, df: pd.DataFrame, meta: Mapping[str, Any], metric: str) ->
                 ax.axhline(v, color="C3", ls="--", lw=1.1, label=label)
             else:
                 notes.append(label)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    title = (f"{meta.get('name', '')}: {len(ok)} finished, {failed} failed, front of {len(front)} "
-             f"({' / '.join(f'{k} {d}' for k, d in objectives.items())})")
-    ax.set_title(title, fontsize=10)
-    if notes:
-        ax.text(0.01, 0.01, "not on these axes: " + ", ".join(notes), transform=ax.transAxes, fontsize=8,
-                va="bottom", color="C3")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
+    return notes
 
 
 def _hypervolume_panel(ax, df: pd.DataFrame, metric: str) -> None:

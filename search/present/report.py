@@ -129,19 +129,10 @@ def render_report(path: str | Path) -> str:
     best = pd.to_numeric(front[metric], errors="coerce").max() if len(front) else math.nan
     name = html.escape(meta["name"])
     objectives = ", ".join(f"{k} ({d})" for k, d in meta["objectives"].items())
-    constraints = ", ".join(
-        f"{k} {'≥ ' + format(b['min'], 'g') if b.get('min') is not None else ''}"
-        f"{' and ' if b.get('min') is not None and b.get('max') is not None else ''}"
-        f"{'≤ ' + format(b['max'], 'g') if b.get('max') is not None else ''}"
-        for k, b in (meta.get("constraints") or {}).items()) or "none"
+    constraints = _constraints_text(meta)
     spec_yaml = yaml.safe_dump(meta.get("spec", {}), sort_keys=False)
     folder = str(path)
-    failed_rows = "".join(
-        f"<tr><td>{int(r['trial_number']) if pd.notna(r['trial_number']) else ''}</td>"
-        f"<td>{html.escape(str(r['trial_id']))}</td>"
-        f"<td class='err'>{html.escape(str(r['error']))}</td></tr>" for _, r in failed.iterrows())
-    failed_html = (f"<table id='failed'><tr><th>trial</th><th>trial_id</th><th style='text-align:left'>error</th></tr>"
-                   f"{failed_rows}</table>" if len(failed) else '<p id="failed" class="muted">(no failed trials)</p>')
+    failed_html = _failed_html(failed)
     example = (f"slimtune export {folder} --trial {int(front.iloc[0]['trial_number'])} --format onnx --out model.onnx"
                if len(front) else "")
     return f"""<!DOCTYPE html>
@@ -181,6 +172,25 @@ every complete trial.</p>
 <p class="muted">Written by slimtune {_version()} on {time.strftime("%Y-%m-%d %H:%M:%S")}.</p>
 </body></html>
 """
+
+
+def _constraints_text(meta: dict) -> str:
+    """``size_bytes ≤ 5000, accuracy ≥ 0.9``, or ``none``."""
+    return ", ".join(
+        f"{k} {'≥ ' + format(b['min'], 'g') if b.get('min') is not None else ''}"
+        f"{' and ' if b.get('min') is not None and b.get('max') is not None else ''}"
+        f"{'≤ ' + format(b['max'], 'g') if b.get('max') is not None else ''}"
+        for k, b in (meta.get("constraints") or {}).items()) or "none"
+
+
+def _failed_html(failed: pd.DataFrame) -> str:
+    """The table of failed trials and their errors."""
+    failed_rows = "".join(
+        f"<tr><td>{int(r['trial_number']) if pd.notna(r['trial_number']) else ''}</td>"
+        f"<td>{html.escape(str(r['trial_id']))}</td>"
+        f"<td class='err'>{html.escape(str(r['error']))}</td></tr>" for _, r in failed.iterrows())
+    return (f"<table id='failed'><tr><th>trial</th><th>trial_id</th><th style='text-align:left'>error</th></tr>"
+            f"{failed_rows}</table>" if len(failed) else '<p id="failed" class="muted">(no failed trials)</p>')
 
 
 def _version() -> str:

@@ -22,9 +22,17 @@ def result_keys() -> list[str]:
     return [*result_columns(), "node", "artifact", "layer_bits"]
 
 
+#: Trial seeds: ``(sweep_seed * SWEEP_SEED_FACTOR + number * TRIAL_NUMBER_FACTOR + SEED_SHIFT) mod
+#: SEED_MODULUS``. Two primes, so neighbouring sweep seeds and trial numbers land far apart; the
+#: shift keeps trial 0 of sweep seed 0 off seed 0; the modulus (the prime 2**31 - 1) keeps every
+#: seed a valid non-negative int32 for torch, numpy and random. Changing any of them changes every
+#: trial's seed (and so the rows of a rerun sweep).
+SWEEP_SEED_FACTOR, TRIAL_NUMBER_FACTOR, SEED_SHIFT, SEED_MODULUS = 1_000_003, 7919, 17, 2**31 - 1
+
+
 def trial_seed(sweep_seed: int, number: int) -> int:
     """A trial's seed from the sweep seed and its Optuna trial number (stable across processes)."""
-    return (sweep_seed * 1_000_003 + number * 7919 + 17) % (2**31 - 1)
+    return (sweep_seed * SWEEP_SEED_FACTOR + number * TRIAL_NUMBER_FACTOR + SEED_SHIFT) % SEED_MODULUS
 
 
 def param_names(spec: Spec) -> list[str]:
@@ -43,8 +51,10 @@ class DefineByRun:
 
 
 def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
-             status: str, error: str | None) -> dict[str, Any]:
-    """One results row (see :func:`search.load_results` for the schema)."""
+             ended: tuple[str, str | None]) -> dict[str, Any]:
+    """One results row (see :func:`search.load_results` for the schema); ``ended`` is the trial's
+    ``(status, error)``, as :func:`outcome` gives it."""
+    status, error = ended
     cfg = dict(config)
     cfg.pop("ladder_configs", None)  # the rungs proposed: each has its own row
     row: dict[str, Any] = {"trial_id": trial_id, "trial_number": cfg.pop("trial_number", None),

@@ -63,6 +63,17 @@ def _columns(param_names: list[str], present: Iterable[str]) -> list[str]:
     return cols + sorted(set(present) - set(cols))
 
 
+def _read_table(st: Storage, meta: dict[str, Any]) -> pd.DataFrame:
+    """``results.parquet`` in today's schema, also for sweeps written before a column existed
+    (e.g. a compression key declared since): the same columns in the same order, empty where the
+    sweep has no value."""
+    params = [*meta["params"], *(c for m in METHODS.values() for c in m.columns if c not in meta["params"])]
+    if not st.is_file(RESULTS):
+        return frame([], params)
+    df = pd.read_parquet(io.BytesIO(st.read_bytes(RESULTS)))
+    return df.reindex(columns=_columns(params, df.columns))
+
+
 def frame(rows: Iterable[Mapping[str, Any]], param_names: list[str]) -> pd.DataFrame:
     rows = list(rows)
     df = pd.DataFrame(rows, columns=_columns(param_names, {k for r in rows for k in r}))
@@ -140,15 +151,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """
     st = Storage.open(path, field="path")
     meta = sweep_meta(st)
-    # Today's schema also for sweeps written before a column existed (e.g. a compression key
-    # declared since): the same columns in the same order, empty where the sweep has no value.
-    params = [*meta["params"], *(c for m in METHODS.values() for c in m.columns if c not in meta["params"])]
-    if st.is_file(RESULTS):
-        df = pd.read_parquet(io.BytesIO(st.read_bytes(RESULTS)))
-        df = df.reindex(columns=_columns(params, df.columns))
-    else:
-        df = frame([], params)
-    df = integer_columns(df)
+    df = integer_columns(_read_table(st, meta))
     df.attrs["objectives"] = dict(meta["objectives"])
     df.attrs["constraints"] = meta.get("constraints", {})
     df.attrs["name"] = meta["name"]

@@ -19,15 +19,16 @@ class ParetoHalving:
 
     Milestones are ``grace, grace*eta, grace*eta^2, ...`` epochs. At a milestone, among the
     peers that reached it with ``size <= this size``, a trial whose metric ranks below the
-    top ``1/eta`` is stopped, once there are at least ``min_peers`` such peers.
+    top ``1/eta`` is stopped, once there are at least ``min_peers`` such peers. Higher values
+    of ``metric`` are better (every task metric: accuracy, r2).
     """
 
-    def __init__(self, metric: str, mode: str = "max", grace: int = 2, eta: float = 3.0,
-                 min_peers: int = 4, deferred: bool = False) -> None:
+    def __init__(self, metric: str, grace: int = 2, eta: float = 3.0, min_peers: int = 4,
+                 deferred: bool = False) -> None:
         if grace < 1 or eta <= 1 or min_peers < 1:
             raise ValueError(f"`grace >= 1, eta > 1, min_peers >= 1` must hold, but got "
                              f"grace={grace}, eta={eta}, min_peers={min_peers}")
-        self.metric, self.sign = metric, (1.0 if mode == "max" else -1.0)
+        self.metric = metric
         self.grace, self.eta, self.min_peers = grace, eta, min_peers
         self.seen: dict[int, dict[str, tuple[float, float]]] = defaultdict(dict)  # epoch -> id -> (size, value)
         # deferred (reproducible mode): a trial's values become peers only when committed, at
@@ -45,11 +46,11 @@ class ParetoHalving:
         """Record the trial's value at ``epoch``; True when it should stop."""
         if not self.milestone(epoch) or not math.isfinite(value):
             return False
-        (self.pending if self.deferred else self.seen)[epoch][trial_id] = (size, self.sign * value)
+        (self.pending if self.deferred else self.seen)[epoch][trial_id] = (size, value)
         peers = [v for tid, (s, v) in self.seen[epoch].items() if tid != trial_id and s <= size]
         if len(peers) < self.min_peers:
             return False
-        better = sum(1 for v in peers if v > self.sign * value)
+        better = sum(1 for v in peers if v > value)
         keep = max(1, math.floor((len(peers) + 1) / self.eta))
         return better >= keep
 
@@ -59,6 +60,14 @@ class ParetoHalving:
             for tid in trial_ids:
                 if tid in here:
                     self.seen[epoch][tid] = here.pop(tid)
+
+
+def rule_for(spec: Any, kind: str) -> ParetoHalving:
+    """The rule of ``spec.search.early_stop`` on a ``kind`` task's validation metric."""
+    from spaces import TASK_METRIC
+
+    es = spec.search.early_stop
+    return ParetoHalving(TASK_METRIC[kind], es.grace_epochs, es.eta, es.min_peers, deferred=spec.search.reproducible)
 
 
 def ray_scheduler(rule: ParetoHalving, size_key: str = "predicted_size_bytes"):

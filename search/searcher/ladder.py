@@ -87,7 +87,8 @@ def propose(spec: Spec, data: Any, study: optuna.Study, config: dict[str, Any], 
     try:
         predicted = [predict(spec, data, c) for c in pool]
     except Exception as exc:  # a model hook that cannot be built untrained here: the trial still runs
-        warnings.warn(f"ladder: size prediction failed ({type(exc).__name__}: {exc}); rungs drawn uniformly")
+        warnings.warn(f"ladder: size prediction failed ({type(exc).__name__}: {exc}); rungs drawn uniformly",
+                      stacklevel=2)
         return pool[:n]
     feasible = [i for i, p in enumerate(predicted) if not surely_infeasible(spec, p)]
     own = config.get("predicted_size_bytes")

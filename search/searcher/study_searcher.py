@@ -13,7 +13,8 @@ asked. On top of plain ask-and-tell it:
   at the front's gaps: :mod:`search.searcher.ladder`) and adds each rung (another compression
   of a trained model) as a COMPLETE trial with its ``parent``;
 * in reproducible mode (``search.reproducible``), asks configurations in batches of
-  :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all of it has ended, in trial-number order, so
+  :data:`REPRODUCIBLE_BATCH` (or ``concurrency`` when larger) and tells a batch only once all
+  of it has ended, in trial-number order, so
   the study, ladder numbering and early-stopping peers do not depend on which trial ended first;
 * with ``search.promote``, retrains the configurations that are best for their size at the next
   epoch budget (:mod:`search.searcher.promote`): each promotion is enqueued in the study with
@@ -30,8 +31,9 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from search.results.record import Record
+from search.results.rows import DefineByRun, jsonable, make_row, outcome, param_names
 from search.task.data import Data
-from search.results.rows import DefineByRun, jsonable, make_row, outcome
 from spaces import Spec, SpecError, worst_value
 
 #: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
@@ -74,16 +76,20 @@ REPRODUCIBLE_BATCH = 4
 class SlimSearcher(Searcher):
     """A Ray Tune searcher over ``study`` for ``trials`` more trainings of ``spec``.
 
-    ``rows`` receives the results rows the searcher makes itself (skipped configurations,
-    ladder rungs); ``rule`` is the early-stopping rule, whose observations reproducible
-    mode commits at batch boundaries."""
+    ``record`` (the sweep's :class:`~search.results.record.Record`; None: a record of its own)
+    receives the results rows the searcher makes itself (skipped configurations, ladder rungs).
+    With ``search.early_stop`` the searcher owns the early-stopping ``rule`` (the driver's
+    scheduler applies it), whose observations reproducible mode commits at batch boundaries."""
 
     def __init__(self, spec: Spec, study: optuna.Study, data: Data | None, trials: int,
-                 rows: dict[str, dict[str, Any]], rule: Any = None) -> None:
+                 record: Record | None = None) -> None:
         super().__init__(metric=spec.metric_names, mode=spec.modes)
+        from search.searcher.early_stop import rule_for
         from search.searcher.size_prediction import needs_prediction
 
-        self.spec, self.study, self.data, self.budget, self.rows, self.rule = spec, study, data, trials, rows, rule
+        self.spec, self.study, self.data, self.budget = spec, study, data, trials
+        self.record = record if record is not None else Record(param_names(spec))
+        self.rule = rule_for(spec, data.kind) if spec.search.early_stop is not None and data is not None else None
         self.space = DefineByRun(spec)
         self.predicting = needs_prediction(spec) or spec.search.early_stop is not None
         self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> the Optuna trial asked for it
@@ -178,12 +184,12 @@ class SlimSearcher(Searcher):
     def _skip(self, trial: optuna.Trial, cfg: dict[str, Any], predicted: dict[str, float]) -> None:
         broken = ", ".join(f"{b.metric}={predicted[b.metric]:.6g} (min={b.min}, max={b.max})"
                            for b in self.spec.constraints if b.metric in predicted)
-        row = make_row(self.spec, f"skip-{trial.number}", cfg, None, "infeasible",
-                       f"predicted before training: {broken}")
+        row = make_row(self.spec, f"skip-{trial.number}", cfg, None,
+                       ("infeasible", f"predicted before training: {broken}"))
         trial.set_user_attr("config", cfg)
         trial.set_user_attr("row", jsonable(row))
         tell_untrained(self.study, self.spec, trial, predicted)
-        self.rows[row["trial_id"]] = row
+        self.record.add(row)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.live or trial_id in self.ended:
@@ -207,7 +213,7 @@ class SlimSearcher(Searcher):
         spec = self.spec
         config = trial.user_attrs.get("config") or (result or {}).get("config") or {}
         status, err = outcome(spec, None if error else result)
-        row = jsonable(make_row(spec, trial_id, config, result, status, err))
+        row = jsonable(make_row(spec, trial_id, config, result, (status, err)))
         trial.set_user_attr("row", row)
         if status == "stopped":
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -237,13 +243,13 @@ class SlimSearcher(Searcher):
                 continue
             values = [float(rung[m]) for m in spec.metric_names]
             cfg["trial_number"] = len(self.study.get_trials(deepcopy=False))  # only this driver writes the study
-            row = {**make_row(spec, f"{parent_id}-r{k}", cfg, rung, "ok", None), "parent": parent}
+            row = {**make_row(spec, f"{parent_id}-r{k}", cfg, rung, ("ok", None)), "parent": parent}
             t = observation(spec, cfg, values, {"config": cfg, "parent": parent, "row": jsonable(row)},
                             {b.metric: b.violation(float(rung[b.metric])) for b in spec.constraints})
             if t is None:
                 continue
             self.study.add_trial(t)
-            self.rows[row["trial_id"]] = row
+            self.record.add(row)
 
     def save(self, checkpoint_path: str) -> None:
         """Ray's periodic checkpoint: the trial map, for the record. The study is the sweep's

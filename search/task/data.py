@@ -178,39 +178,9 @@ def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None)
     The test split is held out and only ever used for the ``test_*`` twins of the metrics.
     Raises :class:`SpecError` for a missing or malformed file.
     """
-    x_test = y_test = None
     ds = task.dataset
-    target = None
-    if ds == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x, y = (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
-    elif ds == "mnist1d":
-        x, y, x_test, y_test = _mnist1d()
-    elif ds.endswith((".csv", ".npz")):
-        path = Path(ds)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise SpecError("task.dataset", "must be an existing file", str(path))
-        if ds.endswith(".csv"):
-            x, y, info = _read_csv(path, task.target)
-            target = info["target"]
-        else:
-            x, y = _read_npz(path)
-    else:
-        x, y = _call_hook(ds)
-    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
-        raise SpecError("task.dataset", "x must be (rows, features...) and y (rows,) with equal rows",
-                        f"x{tuple(x.shape)} y{tuple(y.shape)}")
-    if x.dtype.kind not in "iuf":
-        raise SpecError("task.dataset", "features must be numeric", str(x.dtype))
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise SpecError("task.dataset", "features must be finite", "NaN or inf")
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise SpecError("task.dataset", "targets must be finite", "NaN or inf in y")
+    x, y, x_test, y_test, target = _read_dataset(task, base_dir)
+    x = _checked(x, y)
     kind = task.kind or _infer_kind(y)
     rng = np.random.default_rng(task.split_seed if seed is None else seed)
     if x_test is None:
@@ -235,6 +205,45 @@ def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None)
             pre.update(y_mean=float(ym), y_std=float(ys))
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out, pre)
+
+
+def _read_dataset(task: Task, base_dir: Path | None) -> tuple:
+    """``(x, y, x_test, y_test, target)`` as the dataset gives them (no test split: None, None;
+    ``target``: the CSV column read, else None)."""
+    ds = task.dataset
+    if ds == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64), None, None, None
+    if ds == "mnist1d":
+        return (*_mnist1d(), None)
+    if ds.endswith((".csv", ".npz")):
+        path = Path(ds)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise SpecError("task.dataset", "must be an existing file", str(path))
+        if ds.endswith(".csv"):
+            x, y, info = _read_csv(path, task.target)
+            return x, y, None, None, info["target"]
+        return (*_read_npz(path), None, None, None)
+    return (*_call_hook(ds), None, None, None)
+
+
+def _checked(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x`` as float32 once shapes, types and values are checked."""
+    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
+        raise SpecError("task.dataset", "x must be (rows, features...) and y (rows,) with equal rows",
+                        f"x{tuple(x.shape)} y{tuple(y.shape)}")
+    if x.dtype.kind not in "iuf":
+        raise SpecError("task.dataset", "features must be numeric", str(x.dtype))
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise SpecError("task.dataset", "features must be finite", "NaN or inf")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise SpecError("task.dataset", "targets must be finite", "NaN or inf in y")
+    return x
 
 
 def importable(code_dir: str | Path | None) -> None:

@@ -21,7 +21,10 @@ class TrainingDiverged(FloatingPointError):
 def _tensors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     # Arrays from Ray's object store are read-only; torch wants writable memory.
     xt = torch.from_numpy(np.array(x, dtype=np.float32))
-    yt = torch.from_numpy(np.array(y)).long() if kind == "classification" else torch.from_numpy(np.array(y, dtype=np.float32))
+    if kind == "classification":
+        yt = torch.from_numpy(np.array(y)).long()
+    else:
+        yt = torch.from_numpy(np.array(y, dtype=np.float32))
     return xt, yt
 
 
@@ -72,26 +75,35 @@ def _loss_fn(kind: str):
     return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How to train: Adam at ``lr`` (and ``weight_decay``) with batches of ``batch_size`` for
+    ``epochs`` whole passes, shuffled from ``seed``; ``schedule`` sets each step's learning rate."""
+
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    weight_decay: float = 0.0
+    schedule: Schedule = CONSTANT
+
+
 def train(
     model: nn.Module,
     data: Data,
+    fit: Fit,
     *,
-    lr: float,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    weight_decay: float = 0.0,
     after_step: Callable[[nn.Module], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    schedule: Schedule = CONSTANT,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on ``data``'s training split.
+    """Train ``model`` in place with Adam on ``data``'s training split, as ``fit`` says.
 
     ``after_step(model)`` runs after each optimizer step (pruning masks keep zeros at zero
-    during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch. ``schedule`` sets
-    the learning rate of each step (over ``epochs`` whole passes).
+    during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch.
     Raises :class:`TrainingDiverged` when the loss stops being finite.
     """
+    lr, batch_size, epochs, schedule = fit.lr, fit.batch_size, fit.epochs, fit.schedule
+    seed, weight_decay = fit.seed, fit.weight_decay
     x, y = _tensors(data.x_train, data.y_train, data.kind)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)

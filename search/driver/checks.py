@@ -1,0 +1,86 @@
+"""Checks that run before Ray starts: everything that can fail on bad input (the folder or URI,
+the data, the task kind, the model hook) is a :class:`spaces.SpecError` (exit 2), not N failed trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from search.results.table import RESULTS, STUDY, SWEEP
+from search.storage import Storage
+from search.task.data import Data, importable, load_data
+from search.trial import TrialSetup
+from spaces import TASK_METRIC, Spec, SpecError, require_search
+
+
+def check_task(spec: Spec, data: Data) -> None:
+    want = TASK_METRIC[data.kind]
+    for name in spec.metric_names + [b.metric for b in spec.constraints]:
+        if name in TASK_METRIC.values() and name != want:
+            raise SpecError(f"objectives.{name}", f"this is a {data.kind} task, which reports {want}", name,
+                            f"use {want}")
+    # Build the model of the spec's first configuration once, so a model hook that does not
+    # import, or returns something that is not an nn.Module, is a bad spec (exit 2), not N failed trials.
+    import compress
+    from search.trial import model_recipe
+
+    cfg = {**spec.sample(_FirstValues()), "seed": 0, "trial_number": 0}
+    setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
+    try:
+        model = compress.build_model(model_recipe(setup, data, cfg))
+    except Exception as exc:  # user code: any exception is the user's error to see
+        raise SpecError("task.model", "must build a torch.nn.Module from the trial's config", spec.task.model,
+                        f"{type(exc).__name__}: {exc}") from None
+    _check_forward(spec, data, model)
+
+
+def _check_forward(spec: Spec, data: Data, model) -> None:
+    """One forward pass on two training rows: a model that builds but does not fit the data
+    (input shape, output size) is a bad spec, not N failed trials."""
+    import torch
+
+    x = torch.from_numpy(data.x_train[:2])
+    try:
+        with torch.no_grad():
+            y = model.eval()(x)
+    except Exception as exc:
+        raise SpecError("task.model", f"must run on a batch of shape {list(x.shape)} (input_shape "
+                        f"{data.input_shape})", spec.task.model, f"{type(exc).__name__}: {exc}") from None
+    want = [2, data.n_outputs]
+    fits = isinstance(y, torch.Tensor) and (list(y.shape) == want or (data.n_outputs == 1 and list(y.shape) == [2]))
+    if not fits:
+        got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise SpecError("task.model", f"must return outputs of shape {want} for a batch of 2 "
+                        f"(output_dim {data.n_outputs})", spec.task.model, f"it returned {got}")
+
+
+class _FirstValues:
+    """A stand-in Optuna trial that draws the first value of every distribution."""
+
+    number = 0
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        return low
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return choices[0]
+
+
+def prepare(spec: Spec, out: str | Path | Storage, base_dir: str | Path | None = None) -> tuple[Data, Storage]:
+    """Everything that can fail on bad input, before Ray starts: the folder or URI (reachable,
+    bucket there, credentials accepted), the data, the hooks."""
+    st = Storage.open(out).check()
+    where = st.uri
+    if st.local_path is not None and st.local_path.exists() and not st.local_path.is_dir():
+        raise SpecError("out", "must be a folder", where)
+    if any(st.exists(name) for name in (SWEEP, RESULTS, STUDY)):
+        raise SpecError("out", "must not already hold a sweep", where,
+                        f"choose another folder, or: slimtune resume {where} / slimtune extend {where} --trials N")
+    require_search(spec)
+    importable(base_dir)
+    data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)
+    check_task(spec.for_kind(data.kind), data)
+    return data, st
