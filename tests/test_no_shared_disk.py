@@ -366,7 +366,8 @@ def _check_sweep(sweep_id: str, text: str, spec: Path, budget: int, nodes: TwoNo
 @pytest.mark.slow
 def test_sweep_into_a_folder_only_the_head_sees(two_nodes, tmp_path, capsys):
     """Storage on the driver's machine only: worker artifacts reach it through Ray, nothing lost."""
-    spec = _spec(tmp_path / "work", "t-nodisk-local", trials=4, nap=8.0)  # 8 s: a worker actor starting slowly under load still gets trials
+    # 8 s a trial: a worker actor starting slowly under load still gets trials
+    spec = _spec(tmp_path / "work", "t-nodisk-local", trials=4, nap=8.0)
     sweep_id, text = _run(two_nodes, capsys, spec, "--storage", str(two_nodes.local_storage))
     assert cluster.resolve_results_path(sweep_id) == str(two_nodes.local_storage / sweep_id)
     _check_sweep(sweep_id, text, spec, 4, two_nodes)
