@@ -45,7 +45,10 @@ def spec_for(path: Path, seed: int, trials: int | None, quick: bool) -> dict:
     raw = copy.deepcopy(yaml.safe_load(path.read_text()))
     raw["search"]["seed"] = seed
     if quick:  # a few short trainings: shows the script works, says nothing about the gate
-        raw["task"]["epochs"] = 5
+        if "promote" in raw["search"]:  # the rungs set the epochs
+            raw["search"]["promote"]["rungs"] = [3, 5]
+        else:
+            raw["task"]["epochs"] = 5
         raw["search"]["trials"] = 4
         raw["search"]["ladder"] = min(raw["search"].get("ladder", 0), 1)
         for section, key in (("prune", "finetune_epochs"), ("quantize", "qat_epochs")):

@@ -38,7 +38,10 @@ def test_gate_picks_by_validation_within_the_bound():
 def test_gate_quick_spec_shrinks_the_example():
     gate = _script("mnist1d_gate")
     raw = gate.spec_for(ROOT / "examples" / "mnist1d.yaml", seed=3, trials=None, quick=True)
-    assert raw["search"]["seed"] == 3 and raw["search"]["trials"] == 4 and raw["task"]["epochs"] == 5
+    assert raw["search"]["seed"] == 3 and raw["search"]["trials"] == 4
+    # a promoting example keeps task.epochs unset (the rungs set it) and gets short rungs
+    assert "epochs" not in raw["task"] and raw["search"]["promote"]["rungs"] == [3, 5]
+    assert raw["compress"]["quantize"]["qat_epochs"] == 1
     assert gate.spec_for(ROOT / "examples" / "mnist1d.yaml", seed=0, trials=7, quick=False)["search"]["trials"] == 7
 
 
