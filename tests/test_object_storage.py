@@ -28,6 +28,7 @@ import yaml
 from search import load_results
 from search.storage import Storage
 from slimtune.cli import main
+from tests.test_resume import _wait_rows
 from tests.test_storage import BUCKET, PLANTED, s3_endpoint  # noqa: F401 - the module's moto_server fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,20 +187,6 @@ def running(store: Storage, tmp: Path) -> set[int]:
     return {t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING}
 
 
-def _wait_ok(uri: str, n: int, proc: subprocess.Popen, timeout: float = 400) -> pd.DataFrame:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the sweep ended before it was killed ({proc.returncode})"
-        try:
-            df = load_results(uri)
-        except Exception:  # not written yet
-            df = None
-        if df is not None and (df["status"] == "ok").sum() >= n:
-            return df
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {n} trials finished in {timeout}s")
-
-
 @pytest.mark.slow
 def test_killed_driver_resumes_from_s3_without_loss(tmp_path, capsys):
     """SIGKILL the driver (and its local Ray) after 2 finished trials; `slimtune resume s3://…`
@@ -215,7 +202,7 @@ def test_killed_driver_resumes_from_s3_without_loss(tmp_path, capsys):
     proc = cli("sweep", str(write_spec(tmp_path, slow)), "--out", uri, "--quiet",
                cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        before = _wait_ok(uri, 2, proc)
+        before = _wait_rows(uri, 2, proc, timeout=400)
         # one driver per sweep: a second is refused while the first holds the lease object
         assert main(["resume", uri]) == 2
         assert "must not be in use by another sweep driver" in capsys.readouterr().err

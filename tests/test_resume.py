@@ -68,17 +68,17 @@ def assert_study_matches_results(out: Path, name: str, budget: int) -> pd.DataFr
     return df
 
 
-def _wait_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> pd.DataFrame:
+def _wait_rows(out: Path | str, n: int, proc: subprocess.Popen, timeout: float = 300) -> pd.DataFrame:
+    """The results at ``out`` (a folder or a URI) once ``n`` trials are ok, while ``proc`` still runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the sweep ended before it was killed ({proc.returncode})"
-        if (out / "results.parquet").exists():
-            try:
-                df = pd.read_parquet(out / "results.parquet")
-            except Exception:
-                df = None
-            if df is not None and (df["status"] == "ok").sum() >= n:
-                return df
+        try:
+            df = load_results(out)
+        except Exception:  # not written yet
+            df = None
+        if df is not None and (df["status"] == "ok").sum() >= n:
+            return df
         time.sleep(0.5)
     raise AssertionError(f"fewer than {n} trials finished in {timeout}s")
 
