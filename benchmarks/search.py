@@ -122,7 +122,11 @@ def _plain_trial(config: dict, raw: dict, out_dir: str, data=None) -> None:
     run_trial(config, data, setup, report=tune.report)
 
 
-def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
+def run_plain(raw: dict, out: Path, tuned: bool, time_budget_s: float | None = None,
+              num_samples: int | None = None) -> tuple[pd.DataFrame, float]:
+    """A plain arm: ``tune.Tuner`` + ``OptunaSearch`` over ``raw``'s space, running ``_plain_trial``.
+    ``time_budget_s``: Tune stops the run then (trials still running end unfinished);
+    ``num_samples``: trainings to ask for (default the spec's ``search.trials``)."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -143,8 +147,9 @@ def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
         sampler = optuna.samplers.TPESampler(seed=spec.search.seed)
         trainable = tune.with_parameters(_plain_trial, raw=raw, out_dir=str(out))
     searcher = OptunaSearch(space=DefineByRun(spec), metric=spec.metric_names, mode=spec.modes, sampler=sampler)
-    config = tune.TuneConfig(search_alg=searcher, num_samples=spec.search.trials,
-                             max_concurrent_trials=spec.search.concurrency, **({"reuse_actors": True} if tuned else {}))
+    config = tune.TuneConfig(search_alg=searcher, num_samples=num_samples or spec.search.trials,
+                             max_concurrent_trials=spec.search.concurrency, time_budget_s=time_budget_s,
+                             **({"reuse_actors": True} if tuned else {}))
     ended: dict[str, float] = {}
 
     class EndTimes(tune.Callback):
@@ -165,10 +170,11 @@ def run_plain(raw: dict, out: Path, tuned: bool) -> tuple[pd.DataFrame, float]:
         m = r.metrics or {}
         final = m.get("phase") == "final"
         rows.append({"t_end": ended.get(m.get("trial_id"), wall + t0) - t0, "status": "ok" if final else "failed",
+                     "epochs": (r.config or {}).get("epochs"),
                      **{k: m.get(k, np.nan) if final else np.nan for k in ("accuracy", "test_accuracy", "size_bytes")}})
     df = pd.DataFrame(rows).sort_values("t_end").reset_index(drop=True)
     df["training"] = np.arange(1, len(df) + 1)
-    return df[["t_end", "training", "status", "accuracy", "test_accuracy", "size_bytes"]], wall
+    return df[["t_end", "training", "status", "accuracy", "test_accuracy", "size_bytes", "epochs"]], wall
 
 
 # --------------------------------------------------------------------------- hypervolumes
