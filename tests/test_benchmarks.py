@@ -59,3 +59,27 @@ def test_handwritten_counts_its_bytes_and_rounds_to_its_grid():
         assert len(torch.unique(w[0])) <= 256  # at most 2**8 levels per channel
         step = (w0.reshape(len(w0), -1).amax(1) - w0.reshape(len(w0), -1).amin(1)) / 255
         assert bool(((w - w0.reshape(len(w0), -1)).abs() <= step[:, None] / 2 + 1e-3).all())
+
+
+def test_search_example_gives_plain_tune_the_same_space():
+    from spaces import parse_spec
+
+    bench = _script("search_example")
+    raw = bench.slimtune_spec(seed=2, quick=False)
+    plain = parse_spec(bench.plain_spec(raw))
+    slim = parse_spec(raw)
+    assert plain.search.promote is None and not plain.search.ladder
+    assert plain.task.epochs.values == tuple(slim.search.promote.rungs)  # the rungs become a searched budget
+    assert dict(plain.space) == dict(slim.space) and plain.compress == slim.compress
+    assert plain.search.seed == slim.search.seed == 2 and raw["search"]["promote"]  # raw left unchanged
+
+
+def test_search_example_scores_only_rows_finished_by_the_budget():
+    bench = _script("search_example")
+    df = pd.DataFrame({"t_end": [10.0, 20.0, 30.0], "status": ["ok", "ok", "ok"], "parent": [None, None, None],
+                       "accuracy": [0.8, 0.9, 0.99], "test_accuracy": [0.7, 0.85, 0.99],
+                       "size_bytes": [900, 1500, 1200]})
+    m = bench.measure(bench._bench(), df, wall=30.0, budget=20.0)
+    assert m["ok_rows_at_T"] == 2 and m["trainings"] == 3
+    assert m["test_le2000"] == 0.85 and m["bytes_le1000"] == 900  # the 30 s row came too late
+    assert m["hv_log_T1"] > m["hv_log_T0.5"] > 0 and m["hv_log_T0.25"] == 0
