@@ -176,6 +176,33 @@ def test_dense_weights_go_and_come_back_through_the_sink_or_the_folder(tmp_path)
     assert read_artifact(setup, "teachers/4.slim") == b"weights"
 
 
+def test_a_trial_reads_its_teacher_back_and_distils_from_it(tmp_path):
+    """Without Ray: trial 0 offers its dense model; trial 1 (same training) reads it back from the
+    folder and distils its fine-tuning and QAT from it: a different compressed model than with
+    weight 0, which is exactly the model trained from the labels alone."""
+    from search.task.data import load_data
+    from search.trial import run_trial
+
+    data = load_data(parse_spec(spec("unit", None)).task)
+    setup = TrialSetup(out_dir=str(tmp_path), model="mlp", kind=data.kind)
+    base = {"lr": 0.01, "batch_size": 64, "depth": 1, "width": 16, "epochs": 1, "seed": 5,
+            "prune_method": "magnitude", "sparsity": 0.5, "finetune_epochs": 1, "bits": 4, "quant_mode": "qat",
+            "qat_epochs": 1}
+
+    def trial(n: int, **cfg) -> dict:
+        return run_trial({**base, "trial_number": n, **cfg}, data, setup, report=lambda m: None)
+
+    first = trial(0, teacher=None, teacher_trial=None, distill_weight=0.5)
+    assert first["dense_artifact"] == "teachers/0.slim" and 0 < first["dense_accuracy"] <= 1
+    assert isinstance(compress.load(tmp_path / "teachers/0.slim"), nn.Module)
+    plain = trial(1)  # not a distilling sweep: no dense model stored
+    assert "dense_artifact" not in plain and not (tmp_path / "teachers/1.slim").exists()
+    taught = trial(2, teacher="teachers/0.slim", teacher_trial=0, distill_weight=0.9)
+    off = trial(3, teacher="teachers/0.slim", teacher_trial=0, distill_weight=0.0)
+    blob = {n: (tmp_path / r["artifact"]).read_bytes() for n, r in {1: plain, 2: taught, 3: off}.items()}
+    assert blob[2] != blob[1] and blob[3] == blob[1]
+
+
 def _check_teachers(out: Path, name: str) -> pd.DataFrame:
     """Every row names a teacher that was the best dense model among the trials told before it
     was handed out; the teachers' files load; returns the rows."""
@@ -247,3 +274,19 @@ def test_a_resumed_sweep_keeps_its_teachers_and_finds_their_files(ray_session, t
     later = df[~df.index.isin(before["trial_id"]) & (df["status"] == "ok")]
     assert len(later) >= 3 and later["teacher"].notna().all()  # the stored teachers were found after resume
     assert all((out / t).is_file() for t in later["teacher"])
+
+
+@pytest.mark.slow  # two 8-trial sweeps: ~80 s on a shared machine
+def test_reproducible_with_distillation_same_rows_teachers_and_artifacts_at_concurrency_1_and_2(ray_session, tmp_path):
+    from tests.test_reproducible import VARYING, digests, digits_like, sweep
+
+    s = digits_like("repro-distil")
+    s["compress"]["distill"] = {"weight": {"choice": [0, 0.5, 0.9]}}
+    one = {**s, "search": {**s["search"], "concurrency": 1}}
+    a, b = sweep(tmp_path, one, "a"), sweep(tmp_path, s, "b")
+    da, db = load_results(a), load_results(b)
+    assert da["teacher_trial"].notna().sum() >= 2 and (da["distill_weight"] > 0).any()  # distillation did act
+    pd.testing.assert_frame_equal(da.drop(columns=VARYING), db.drop(columns=VARYING))
+    assert digests(a, da) == digests(b, db)
+    teachers = {p.name: p.read_bytes() for p in (a / "teachers").iterdir()}
+    assert teachers == {p.name: p.read_bytes() for p in (b / "teachers").iterdir()}

@@ -150,14 +150,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``layer_bits``       each Linear/Conv layer's stored width in layer order, e.g.
                          ``"8,4,4,8"`` (None without quantization); ``avg_bits`` their mean
                          over the weights
-    ``teacher``          with ``compress.distill``: the dense model this trial's
-                         fine-tuning and QAT distilled from (``teachers/<n>.slim``);
-                         None when no trial had stored one yet (no distillation)
-    ``teacher_trial``    the trial number of that teacher (``<NA>`` without one)
-    ``dense_accuracy``/``dense_r2``  with ``compress.distill``: validation metric of
-                         this trial's dense model before compression
-    ``dense_artifact``   with ``compress.distill``: where this trial stored its dense
-                         model (fp32; ``compress.load`` it), a teacher for later trials
+    ``teacher``, ``teacher_trial``  with ``compress.distill``: the dense model (``teachers/<n>.slim``)
+                         and trial its fine-tuning and QAT distilled from (None: none stored yet)
+    ``dense_accuracy``/``dense_r2``, ``dense_artifact``  with ``compress.distill``: this trial's
+                         dense model before compression: its validation metric and stored file
     ===================  ===========================================================
     """
     st = Storage.open(path, field="path")
