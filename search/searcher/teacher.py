@@ -21,7 +21,8 @@ from spaces import Fixed, Spec
 
 def distils(spec: Spec) -> bool:
     """Whether ``spec`` distils: ``compress.distill.weight`` is written and not fixed at 0."""
-    weight = spec.section("distill").weight
+    section = next((s for s in spec.compress if s.declared.name == "distill"), None)
+    weight = section.weight if section is not None else None
     return weight is not None and not (isinstance(weight, Fixed) and weight.value == 0)
 
 
