@@ -14,7 +14,7 @@ _HOME = {
     "search.results.table": ["load_results"],
     "search.results.pareto": ["hypervolume", "pareto_front"],
     "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
-    "search.task.train": ["Fit", "Schedule", "evaluate", "train"],
+    "search.task.train": ["Distill", "Fit", "Schedule", "evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
     "search.present.export": ["export_trial", "load_model"],
     "search.present.predict": ["load_exported", "predict_csv"],

@@ -30,13 +30,16 @@ from torch import nn
 import compress
 from search.storage import Storage
 from search.task.data import Data
-from search.task.train import Fit, Schedule, evaluate, train
+from search.task.train import Fit, Schedule, distill_of, evaluate, train
 from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, MethodKeys, Metric, Spec, computed_metrics, task_metric
 
 #: Seed offsets from the trial's seed, so each training phase of a trial shuffles its batches
 #: differently yet reproducibly: fine-tuning after pruning, then QAT. Ladder rung ``k`` (from 1)
 #: compresses with seed + ``k * RUNG_SEED_STRIDE``, clear of both. Changing them changes rows.
 FINETUNE_SEED_OFFSET, QAT_SEED_OFFSET, RUNG_SEED_STRIDE = 1, 2, 1000
+
+#: The folder of a distilling sweep that holds each trained model before compression (teachers).
+TEACHERS = "teachers"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,17 @@ def store_artifact(setup: TrialSetup, rel: str, blob: bytes) -> int:
     if stored != len(blob):
         raise OSError(f"artifact {rel}: stored {stored} bytes of {len(blob)}")
     return stored
+
+
+def read_artifact(setup: TrialSetup, rel: str) -> bytes:
+    """The stored object ``rel`` of the sweep's folder, read the way :func:`store_artifact`
+    writes: through ``setup.sink`` when there is one (this node need not see the driver's
+    disk), else from ``setup.out_dir``."""
+    if setup.sink is not None:
+        import ray
+
+        return bytes(ray.get(setup.sink.get.remote(rel)))
+    return Storage.open(setup.out_dir).read_bytes(rel)
 
 
 def model_recipe(setup: TrialSetup, data: Data, config: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +253,7 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
     for m in computed:
         module, fn = m.compute.split(":")
         metrics[m.name] = float(getattr(importlib.import_module(module), fn)(model, data))
-    with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:  # this node's own scratch
-        path = Path(tmp) / "model.slim"
-        compress.save(model, path, recipe=recipe)
-        blob = path.read_bytes()
-    size = store_artifact(setup, rel, blob)
+    size = store_artifact(setup, rel, _saved(model, recipe))
     dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
     return {
         **metrics,
@@ -256,6 +266,35 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
         "artifact": rel,
         **dict(zip(("layer_bits", "avg_bits"), layer_widths(model))),
     }
+
+
+def _saved(model: nn.Module, recipe: dict[str, Any]) -> bytes:
+    """The artifact bytes of ``model`` (``compress.save``, written in this node's own scratch)."""
+    with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:
+        path = Path(tmp) / "model.slim"
+        compress.save(model, path, recipe=recipe)
+        return path.read_bytes()
+
+
+def offer_teacher(trained: Trained, setup: TrialSetup, name: str) -> dict[str, Any]:
+    """Store the trained dense model (uncompressed) as ``teachers/<name>.slim`` through the
+    artifact seam, for later trials to distil from; what the final result says of it:
+    ``dense_<metric>`` (its validation metric, by which the driver picks teachers) and
+    ``dense_artifact`` (its path in the sweep's folder)."""
+    data, metric = trained.data, task_metric(trained.data.kind)
+    val = evaluate(trained.dense, data.x_val, data.y_val, data.kind)
+    rel = f"{TEACHERS}/{name}.slim"
+    store_artifact(setup, rel, _saved(trained.dense, trained.recipe))
+    return {f"dense_{metric}": val[metric], "dense_artifact": rel}
+
+
+def fetch_teacher(setup: TrialSetup, config: dict[str, Any]) -> nn.Module | None:
+    """The teacher the driver chose for this trial (``config["teacher"]``), read back through
+    the artifact seam; None without one."""
+    rel = config.get("teacher")
+    if _missing(rel):
+        return None
+    return compress.load(read_artifact(setup, str(rel)), trust_code=setup.model not in ("mlp", "cnn"))
 
 
 def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -319,17 +358,22 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     fit = Fit(lr=float(config["lr"]), batch_size=int(config["batch_size"]), epochs=int(config["epochs"]), seed=seed,
               weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config))
     train(dense, data, fit, on_epoch=on_epoch)
-    model, configs = compress_trained(dense, config, data, fit, setup.methods)
-    train_seconds = time.perf_counter() - t0
     trained = Trained(dense, recipe, data)
-    final = {**measure(model, trained, setup, trial_name),
+    # A distilling sweep's configs name a teacher (None for the first trials): offer this one's too.
+    offered = offer_teacher(trained, setup, str(config.get("trial_number", trial_name))) if "teacher" in config else {}
+    teacher = fetch_teacher(setup, config)
+    model, configs = compress_trained(dense, config, data, replace(fit, distill=distill_of(config, teacher)),
+                                      setup.methods)
+    train_seconds = time.perf_counter() - t0
+    final = {**measure(model, trained, setup, trial_name), **offered,
              "phase": "final", "train_seconds": train_seconds, "node": _node()}
     given = config.get("ladder_configs")  # proposed by the searcher; else drawn here (older configs)
     if given is not None or (setup.ladder and setup.spec is not None):
         rungs = []
         for k, rung in enumerate(given if given is not None else ladder_configs(setup.spec, config, setup.ladder)):
             t1 = time.perf_counter()
-            small, rung_configs = compress_trained(dense, rung, data, fit, setup.methods)
+            rung_fit = replace(fit, distill=distill_of(rung, teacher))
+            small, rung_configs = compress_trained(dense, rung, data, rung_fit, setup.methods)
             rungs.append({"config": rung,
                           **measure(small, trained, setup, f"{trial_name}-r{k}"),
                           "train_seconds": time.perf_counter() - t1, "node": final["node"]})

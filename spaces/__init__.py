@@ -6,7 +6,7 @@ Imports neither torch nor ray (a test keeps it so).
 
 from spaces._distributions import Choice, Fixed, IntRange, LogUniform, Param, Uniform, parse_param, suggest, to_json
 from spaces._errors import RunError, SpecError
-from spaces._methods import METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
+from spaces._methods import DISTILL, METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
 from spaces._metrics import (
     METRIC_TABLE,
     METRICS,
@@ -25,7 +25,7 @@ from spaces._parse import load_spec, parse_spec, require_search
 from spaces._spec import BUILTIN_DATASETS, Bound, Objective, Promote, Resources, Search, Spec, Task
 
 __all__ = [
-    "BUILTIN_DATASETS", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",
+    "BUILTIN_DATASETS", "DISTILL", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",
     "Fixed", "IntRange", "Key", "LogUniform", "MethodKeys", "Metric", "Objective", "PRUNE", "Param", "Promote",
     "QUANTIZE", "Resources",
     "RunError", "Search", "Section", "Spec", "SpecError", "Task", "Uniform", "When", "computed_metrics",

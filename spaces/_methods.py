@@ -192,8 +192,16 @@ QUANTIZE = MethodKeys("quantize", (
     Key("assign", "choice", None, values=("manual", "sensitivity"), column="bits_assign", when=(_QUANTIZED,)),
 ), doc="affine k-bit quantization, post-training (ptq) or quantization-aware (qat)")
 
+DISTILL = MethodKeys("distill", (
+    # the share of the fine-tuning and QAT loss that follows the teacher (0 or absent: off)
+    Key("weight", "float", None, low=0, high=1, high_open=True, column="distill_weight"),
+    # softens both models' class probabilities (classification; regression follows the outputs)
+    Key("temperature", "float", 2.0, low=0, low_open=True, column="distill_temperature",
+        when=(When("distill_weight", above=0),), rule="`temperature > 0` (finite) must hold"),
+), doc="knowledge distillation: fine-tuning and QAT also learn from the sweep's best dense model so far")
+
 #: Every declared method, in the order its keys are drawn and its columns appear.
-METHODS: dict[str, MethodKeys] = {m.name: m for m in (PRUNE, QUANTIZE)}
+METHODS: dict[str, MethodKeys] = {m.name: m for m in (PRUNE, QUANTIZE, DISTILL)}
 
 
 @dataclass(frozen=True)
@@ -244,9 +252,11 @@ def _check_applies(method: MethodKeys, k: Key, values: dict[str, Param | None], 
     where: dict[str, set] = {}
     for w in k.when:
         if w.checked and not w.among and (w.below is not None or w.above is not None):
+            name = next(x.name for x in method.keys if x.col == w.column)
+            if name in values and values[name] is None:  # a key without default, not written: never drawn
+                raise SpecError(path, f"is only used when {name} is set", raw, f"set {name} or remove {k.name}")
             bound = _possible(method, w.column, values)
             if bound is not None and not any(w.holds({w.column: v}) for v in bound):
-                name = next(x.name for x in method.keys if x.col == w.column)
                 rel = f"< {w.below:g}" if w.below is not None else f"> {w.above:g}"
                 raise SpecError(path, f"is only used when {name} {rel}", raw, f"set {name} {rel} or remove {k.name}")
         possible = _possible(method, w.column, values) if w.checked and w.among else None

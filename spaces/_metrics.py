@@ -64,6 +64,11 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("latency_ms", "min", "CPU latency at batch size 1"),
     Metric("train_seconds", "min", "training + compression time of the trial", objective=False),
     Metric("avg_bits", "min", "mean stored bit width over the weights (empty: nothing quantized)", objective=False),
+    # with compress.distill: the trained model before compression, the sweep's teacher candidate
+    Metric("dense_accuracy", "max", "validation accuracy of the dense model before compression (distilling "
+           "sweeps)", objective=False),
+    Metric("dense_r2", "max", "validation R^2 of the dense model before compression (distilling sweeps)",
+           objective=False),
 )}
 
 #: The metrics a spec may name (objectives, constraints), with the direction that is better.

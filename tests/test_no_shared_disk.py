@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import requests
+import yaml
 
 import cluster
 from cluster import _local, _state
@@ -365,12 +366,22 @@ def _check_sweep(sweep_id: str, text: str, spec: Path, budget: int, nodes: TwoNo
 
 @pytest.mark.slow
 def test_sweep_into_a_folder_only_the_head_sees(two_nodes, tmp_path, capsys):
-    """Storage on the driver's machine only: worker artifacts reach it through Ray, nothing lost."""
+    """Storage on the driver's machine only: worker artifacts reach it through Ray, nothing lost;
+    distilling, the teachers (dense models) go there the same way and come back to the worker
+    node through the driver's artifact actor."""
     # 8 s a trial: a worker actor starting slowly under load still gets trials
     spec = _spec(tmp_path / "work", "t-nodisk-local", trials=4, nap=8.0)
+    raw = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({**raw, "compress": {"distill": {"weight": 0.5}}}))
     sweep_id, text = _run(two_nodes, capsys, spec, "--storage", str(two_nodes.local_storage))
     assert cluster.resolve_results_path(sweep_id) == str(two_nodes.local_storage / sweep_id)
-    _check_sweep(sweep_id, text, spec, 4, two_nodes)
+    df = _check_sweep(sweep_id, text, spec, 4, two_nodes)
+    out = two_nodes.local_storage / sweep_id
+    assert all((out / rel).is_file() for rel in df["dense_artifact"])  # stored by both nodes, on the head's disk
+    known = _nodes(two_nodes.head)
+    taught = df[df["teacher"].notna()]
+    on_worker = [n for n in taught["node"] if not known[str(n).split("/")[-1]]["is_head_node"]]
+    assert len(taught) >= 1 and on_worker, f"a trial with a teacher must run on the worker: {df[['teacher', 'node']]}"
 
 
 _S3_SWEEP: dict = {}

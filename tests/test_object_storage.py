@@ -280,3 +280,21 @@ def test_run_trial_stores_its_artifact_at_the_uri():
     import compress
 
     assert compress.count_params(compress.load(io.BytesIO(store.read_bytes(final["artifact"]))))[0] > 0
+
+
+def test_a_trial_at_a_uri_stores_its_teacher_there_and_the_next_reads_it_back():
+    """Without Ray: a distilling trial writes its dense model to the URI itself; a later trial
+    reads it back from there (no node's disk involved) and distils from it."""
+    from search.task.data import load_data
+    from search.trial import TrialSetup, run_trial
+    from spaces import parse_spec
+
+    data = load_data(parse_spec(spec("teach", 1)).task, 0)
+    uri = f"s3://{BUCKET}/teach"
+    setup = TrialSetup(out_dir=uri, model="mlp", kind=data.kind)
+    cfg = {"lr": 0.01, "batch_size": 64, "depth": 1, "width": 16, "epochs": 1, "seed": 3, "bits": 4,
+           "quant_mode": "qat", "qat_epochs": 1, "distill_weight": 0.5}
+    first = run_trial({**cfg, "trial_number": 0, "teacher": None}, data, setup, report=lambda m: None)
+    assert first["dense_artifact"] == "teachers/0.slim" and Storage.open(uri).is_file("teachers/0.slim")
+    second = run_trial({**cfg, "trial_number": 1, "teacher": "teachers/0.slim"}, data, setup, report=lambda m: None)
+    assert second["dense_artifact"] == "teachers/1.slim" and 0 <= second["accuracy"] <= 1

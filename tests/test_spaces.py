@@ -58,7 +58,7 @@ BAD_SPECS = [
                  id="unknown-search-key"),
     pytest.param(spec(resources={"cpus": 2}), "resources.cpus", "'cpus'", "did you mean 'cpu'",
                  id="unknown-resources-key"),
-    pytest.param(spec(compress={"distill": {}}), "compress.distill", "'distill'", None, id="unknown-compress-key"),
+    pytest.param(spec(compress={"cluster": {}}), "compress.cluster", "'cluster'", None, id="unknown-compress-key"),
     # wrong types
     pytest.param(["digits"], "spec", "['digits']", "mapping", id="spec-not-a-mapping"),
     pytest.param(spec(name=123), "name", "got 123", None, id="name-not-a-string"),

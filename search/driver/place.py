@@ -131,7 +131,8 @@ def artifact_sink(storage: Storage):
 
 
 class ArtifactSink:
-    """Writes artifact bytes into the sweep folder on the driver's machine (run as a Ray actor)."""
+    """Writes artifact bytes into the sweep folder on the driver's machine, and reads them back
+    for trials that need one (a distilling trial's teacher), run as a Ray actor."""
 
     def __init__(self, folder: str) -> None:
         self.storage = Storage.open(folder)
@@ -140,3 +141,6 @@ class ArtifactSink:
         self.storage.makedirs(rel.rpartition("/")[0])
         self.storage.write_atomic(rel, blob)
         return self.storage.size(rel)
+
+    def get(self, rel: str) -> bytes:
+        return self.storage.read_bytes(rel)

@@ -18,7 +18,8 @@ SWEEP = "sweep.json"
 STUDY = "study.db"
 
 #: Columns of a row besides the parameters and the metrics (``spaces.result_columns``).
-ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent", "layer_bits"]
+ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent", "layer_bits", "teacher", "teacher_trial",
+               "dense_artifact"]
 
 
 def metric_columns() -> list[str]:
@@ -31,7 +32,8 @@ def int_columns() -> list[str]:
     """Columns of whole numbers: nullable integers (``Int64``) in :func:`load_results`, so that a
     missing value (a failed or stopped trial) does not turn the column into floats."""
     return ["trial_number", "seed", "parent", "predicted_size_bytes", *whole_columns(), "epochs", "batch_size",
-            "depth", "width", *(k.col for m in METHODS.values() for k in m.keys if k.kind == "int"), "budget"]
+            "depth", "width", *(k.col for m in METHODS.values() for k in m.keys if k.kind == "int"), "budget",
+            "teacher_trial"]
 
 
 def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +120,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
                          spec: ``lr``, ``batch_size``, ``depth``, ``width``,
                          ``weight_decay``, ``epochs``, ``prune_method``, ``sparsity``,
                          ``finetune_epochs``, ``bits``, ``per_channel``, ``symmetric``,
-                         ``bits_first``, ``bits_last``, ``bits_assign``
+                         ``bits_first``, ``bits_last``, ``bits_assign``,
+                         ``distill_weight``, ``distill_temperature``
                          (NaN/None where a conditional parameter did not apply)
     ``seed``             the trial's seed (derived from the sweep seed and number)
     ``accuracy``/``r2``  validation metric of the *compressed* model
@@ -147,6 +150,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``layer_bits``       each Linear/Conv layer's stored width in layer order, e.g.
                          ``"8,4,4,8"`` (None without quantization); ``avg_bits`` their mean
                          over the weights
+    ``teacher``, ``teacher_trial``  with ``compress.distill``: the dense model (``teachers/<n>.slim``)
+                         and trial its fine-tuning and QAT distilled from (None: none stored yet)
+    ``dense_accuracy``/``dense_r2``, ``dense_artifact``  with ``compress.distill``: this trial's
+                         dense model before compression: its validation metric and stored file
     ===================  ===========================================================
     """
     st = Storage.open(path, field="path")

@@ -9,6 +9,8 @@ asked. On top of plain ask-and-tell it:
   constraint is never trained, and the study records it as untrained (:func:`tell_untrained`);
 * tells outcomes: ok -> COMPLETE with constraint values, stopped early -> PRUNED, failed ->
   FAIL; each trial carries its results ``row``, its ``config`` and its ``ray_trial_id``;
+* in a distilling sweep (``compress.distill``), names each trial's teacher
+  (``config["teacher"]``, ``teacher_trial``: :mod:`search.searcher.teacher`);
 * proposes each trial's ladder rungs when handing it out (``config["ladder_configs"]``, aimed
   at the front's gaps: :mod:`search.searcher.ladder`) and adds each rung (another compression
   of a trained model) as a COMPLETE trial with its ``parent``;
@@ -33,8 +35,9 @@ from ray.tune.search import Searcher
 
 from search.results.record import Record
 from search.results.rows import DefineByRun, jsonable, make_row, outcome, param_names
+from search.searcher.teacher import best_teacher, distils
 from search.task.data import Data
-from spaces import Spec, SpecError, worst_value
+from spaces import Spec, SpecError, task_metric, worst_value
 
 #: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
 #: puts it with the infeasible trials; random learns nothing). NSGA-II and GP read only
@@ -91,6 +94,7 @@ class SlimSearcher(Searcher):
         self.record = record if record is not None else Record(param_names(spec))
         self.rule = rule_for(spec, data.kind) if spec.search.early_stop is not None and data is not None else None
         self.space = DefineByRun(spec)
+        self.distilling, self.quality = distils(spec), task_metric(data.kind if data is not None else None)
         self.predicting = needs_prediction(spec) or spec.search.early_stop is not None
         self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> the Optuna trial asked for it
         self.started = 0
@@ -126,6 +130,11 @@ class SlimSearcher(Searcher):
             from search.searcher.ladder import propose
 
             cfg["ladder_configs"] = propose(self.spec, self.data, self.study, cfg, self.spec.search.ladder)
+        if self.distilling:  # the best dense model told so far (search.searcher.teacher); rungs share it
+            chosen = dict(zip(("teacher", "teacher_trial"), best_teacher(self.study, self.quality)))
+            cfg.update(chosen)
+            for rung in cfg.get("ladder_configs") or []:
+                rung.update(chosen)
         trial.set_user_attr("config", cfg)
         trial.set_user_attr("ray_trial_id", trial_id)
         self.live[trial_id] = trial

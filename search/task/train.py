@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from search.task.data import Data
-from spaces import task_metric
+from spaces import DISTILL, task_metric
 
 
 class TrainingDiverged(FloatingPointError):
@@ -76,9 +76,58 @@ def _loss_fn(kind: str):
 
 
 @dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation: the loss also follows ``teacher`` (kept in eval mode, no gradient).
+
+    loss = (1 - weight) * task loss + weight * distillation loss, where the distillation loss is
+    ``temperature**2 * KL(softmax(teacher / T) || softmax(student / T))`` for classification
+    (Hinton et al.; T**2 keeps its gradients' scale as T changes) and the MSE to the teacher's
+    outputs for regression.
+    """
+
+    teacher: nn.Module
+    weight: float
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight <= 1 or not self.temperature > 0:
+            raise ValueError(f"Distill: `0 <= weight <= 1` and `temperature > 0` must hold, but got "
+                             f"(weight={self.weight}, temperature={self.temperature})")
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's outputs for ``x`` (computed once per training run)."""
+        self.teacher.eval()
+        return torch.cat([self.teacher(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor, task_loss: torch.Tensor, kind: str) -> torch.Tensor:
+        """The mixed loss of the student's outputs ``out`` given the teacher's ``target``."""
+        if kind == "classification":
+            t = self.temperature
+            kd = t * t * nn.functional.kl_div(nn.functional.log_softmax(out / t, dim=-1),
+                                              nn.functional.log_softmax(target / t, dim=-1),
+                                              reduction="batchmean", log_target=True)
+        else:
+            kd = nn.functional.mse_loss(out, target)
+        return (1 - self.weight) * task_loss + self.weight * kd
+
+
+def distill_of(config: dict[str, Any], teacher: nn.Module | None) -> Distill | None:
+    """The distillation a trial's ``config`` asks for (``compress.distill``: ``distill_weight`` > 0,
+    ``distill_temperature``) from ``teacher``; None without a teacher or a weight."""
+    weight, temperature = (config.get(DISTILL.key(k).col) for k in ("weight", "temperature"))
+    if teacher is None or weight is None or weight != weight or float(weight) == 0:
+        return None
+    if temperature is None or temperature != temperature:  # not drawn (NaN in a row): the declared default
+        temperature = DISTILL.key("temperature").default
+    return Distill(teacher, float(weight), float(temperature))
+
+
+@dataclass(frozen=True)
 class Fit:
     """How to train: Adam at ``lr`` (and ``weight_decay``) with batches of ``batch_size`` for
-    ``epochs`` whole passes, shuffled from ``seed``; ``schedule`` sets each step's learning rate."""
+    ``epochs`` whole passes, shuffled from ``seed``; ``schedule`` sets each step's learning rate;
+    ``distill``: also learn from a teacher (None: from the labels only)."""
 
     lr: float
     batch_size: int
@@ -86,6 +135,7 @@ class Fit:
     seed: int
     weight_decay: float = 0.0
     schedule: Schedule = CONSTANT
+    distill: Distill | None = None
 
 
 def train(
@@ -96,7 +146,8 @@ def train(
     after_step: Callable[[nn.Module], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on ``data``'s training split, as ``fit`` says.
+    """Train ``model`` in place with Adam on ``data``'s training split, as ``fit`` says (with
+    ``fit.distill``: learning from its teacher as well as from the labels).
 
     ``after_step(model)`` runs after each optimizer step (pruning masks keep zeros at zero
     during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch.
@@ -108,6 +159,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = _loss_fn(data.kind)
+    distill = fit.distill if fit.distill is not None and fit.distill.weight > 0 else None
+    soft = distill.targets(x) if distill is not None else None
     n = len(x)
     total, step = epochs * -(-n // batch_size), 0
     for epoch in range(1, epochs + 1):
@@ -120,7 +173,10 @@ def train(
                     group["lr"] = lr * schedule.factor(step, total)
             step += 1
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            out = model(x[idx])
+            loss = loss_fn(out, y[idx])
+            if distill is not None:
+                loss = distill.loss(out, soft[idx], loss, data.kind)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training diverged: loss={loss.item()} at epoch {epoch} (lr={lr:g})")
             loss.backward()
