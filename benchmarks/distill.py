@@ -100,15 +100,22 @@ def table(rows: list[dict], args, wall: float) -> str:
              "Teacher test accuracy per seed: " + ", ".join(
                  f"{statistics.median([r['teacher_test'] for r in rows if r['seed'] == s]):.4f}"
                  for s in range(args.seeds)), "",
-             "| width | method | distill weight | test accuracy min / median / max | dense student (median) | bytes |",
-             "|---|---|---|---|---|---|"]
+             "| width | method | distill weight | test accuracy min / median / max | paired vs weight 0: median "
+             "difference, seeds better/worse | dense student (median) | bytes |",
+             "|---|---|---|---|---|---|---|"]
     for width in args.widths:
         for method in METHODS:
+            base = {r["seed"]: r["test_accuracy"] for r in rows
+                    if (r["width"], r["method"], r["distill_weight"]) == (width, method, 0.0)}
             for weight in args.weights:
                 sel = [r for r in rows if (r["width"], r["method"], r["distill_weight"]) == (width, method, weight)]
                 acc = [r["test_accuracy"] for r in sel]
+                diff = [r["test_accuracy"] - base[r["seed"]] for r in sel if r["seed"] in base]
+                paired = (f"{statistics.median(diff):+.4f}, {sum(d > 0 for d in diff)}/{sum(d < 0 for d in diff)}"
+                          if diff and weight > 0 else "")
+                dense = statistics.median(r["student_dense_test"] for r in sel)
                 lines.append(f"| {width} | {method} | {weight:g} | {min(acc):.4f} / {statistics.median(acc):.4f} / "
-                             f"{max(acc):.4f} | {statistics.median(r['student_dense_test'] for r in sel):.4f} | "
+                             f"{max(acc):.4f} | {paired} | {dense:.4f} | "
                              f"{statistics.median(r['size_bytes'] for r in sel):.0f} |")
     return "\n".join(lines)
 
