@@ -61,12 +61,17 @@ FRACTIONS = (0.25, 0.5, 1.0)
 ARMS = ("slimtune", "plain-tuned")
 
 
-def _bench():
-    """benchmarks/search.py (the arms and the hypervolume), loaded under its own name."""
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "search.py")
+def _script(name: str):
+    """benchmarks/<name>.py, loaded under its own name (``search`` is also the library's)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench():
+    """benchmarks/search.py: the arms and the hypervolume."""
+    return _script("search")
 
 
 def slimtune_spec(seed: int, quick: bool) -> dict:
@@ -101,11 +106,6 @@ def run_slimtune(raw: dict, out: Path) -> tuple[pd.DataFrame, float]:
     return df[["t_end", "status", "accuracy", "test_accuracy", "size_bytes", "epochs", "parent"]], wall
 
 
-def pick(df: pd.DataFrame, bound: int) -> pd.Series | None:
-    ok = df[(df["status"] == "ok") & (df["size_bytes"] <= bound)]
-    return None if ok.empty else ok.sort_values(["accuracy", "size_bytes"], ascending=[False, True]).iloc[0]
-
-
 def measure(bench, df: pd.DataFrame, wall: float, budget: float) -> dict:
     m = {"wall_s": round(wall, 1), "T_s": round(budget, 1), "rows": len(df),
          "trainings": int((df["parent"].isna() & df["status"].isin(["ok", "stopped"])).sum()),
@@ -113,7 +113,8 @@ def measure(bench, df: pd.DataFrame, wall: float, budget: float) -> dict:
          "unfinished": int((df["status"] != "ok").sum())}
     for f in FRACTIONS:
         m[f"hv_log_T{f:g}"] = bench.test_hv(df[df["t_end"] <= f * budget + 1e-9], SIZE_REF)[1]
-    at_t = df[df["t_end"] <= budget + 1e-9]
+    at_t = df[df["t_end"] <= budget + 1e-9].assign(feasible=lambda d: d["size_bytes"] <= SIZE_REF)
+    pick = _script("mnist1d_gate").pick  # the gate's rule: best validation within the bound
     for bound in BOUNDS:
         r = pick(at_t, bound)
         m[f"test_le{bound}"] = np.nan if r is None else float(r["test_accuracy"])

@@ -276,16 +276,14 @@ def _saved(model: nn.Module, recipe: dict[str, Any]) -> bytes:
         return path.read_bytes()
 
 
-def offer_teacher(trained: Trained, setup: TrialSetup, name: str) -> dict[str, Any]:
+def offer_teacher(trained: Trained, setup: TrialSetup, name: str, val: float) -> dict[str, Any]:
     """Store the trained dense model (uncompressed) as ``teachers/<name>.slim`` through the
     artifact seam, for later trials to distil from; what the final result says of it:
-    ``dense_<metric>`` (its validation metric, by which the driver picks teachers) and
-    ``dense_artifact`` (its path in the sweep's folder)."""
-    data, metric = trained.data, task_metric(trained.data.kind)
-    val = evaluate(trained.dense, data.x_val, data.y_val, data.kind)
+    ``dense_<metric>`` (``val``, its validation metric after the last epoch, by which the driver
+    picks teachers) and ``dense_artifact`` (its path in the sweep's folder)."""
     rel = f"{TEACHERS}/{name}.slim"
     store_artifact(setup, rel, _saved(trained.dense, trained.recipe))
-    return {f"dense_{metric}": val[metric], "dense_artifact": rel}
+    return {f"dense_{task_metric(trained.data.kind)}": val, "dense_artifact": rel}
 
 
 def fetch_teacher(setup: TrialSetup, config: dict[str, Any]) -> nn.Module | None:
@@ -352,7 +350,10 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     dense = compress.build_model(recipe)
     metric = task_metric(data.kind)
 
+    last: dict[str, float] = {}  # the dense model's validation metrics after the last epoch
+
     def on_epoch(epoch: int, val: dict[str, float]) -> None:
+        last.update(val)
         report({"epoch": epoch, "phase": "train", f"val_{metric}": val[metric], "val_loss": val["loss"]})
 
     fit = Fit(lr=float(config["lr"]), batch_size=int(config["batch_size"]), epochs=int(config["epochs"]), seed=seed,
@@ -360,7 +361,8 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     train(dense, data, fit, on_epoch=on_epoch)
     trained = Trained(dense, recipe, data)
     # A distilling sweep's configs name a teacher (None for the first trials): offer this one's too.
-    offered = offer_teacher(trained, setup, str(config.get("trial_number", trial_name))) if "teacher" in config else {}
+    name = str(config.get("trial_number", trial_name))
+    offered = offer_teacher(trained, setup, name, last[metric]) if "teacher" in config else {}
     teacher = fetch_teacher(setup, config)
     model, configs = compress_trained(dense, config, data, replace(fit, distill=distill_of(config, teacher)),
                                       setup.methods)
