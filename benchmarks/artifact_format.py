@@ -42,12 +42,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import compress
-import search
-import spaces
-from compress import AffineQuantize, MagnitudePrune
-from compress._artifact import _lzma_filters, _smallest
-from compress._codes import unpack_bits
+from slimtune import compress, search, spaces
+from slimtune.compress import AffineQuantize, MagnitudePrune
+from slimtune.compress._artifact import _lzma_filters, _smallest
+from slimtune.compress._codes import unpack_bits
 
 MODELS = {
     "digits": {"arch": "mlp", "input_shape": [8, 8], "output_dim": 10, "depth": 1, "width": 32},

@@ -51,8 +51,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import compress
-from compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune
+from slimtune import compress
+from slimtune.compress import AffineQuantize, FakeQuantize, MagnitudePrune, StructuredPrune
 
 RECIPES = {
     "mlp-digits": {"arch": "mlp", "input_shape": [64], "output_dim": 10, "depth": 2, "width": 128},
@@ -103,21 +103,20 @@ def run_methods(repeats: int) -> list[dict[str, Any]]:
 
 
 def _load(dataset: str):
-    import search
-    import spaces
+    from slimtune import search, spaces
 
     return search.load_data(spaces.Task(dataset=dataset, model="mlp", epochs=spaces.Fixed(1)), seed=0)
 
 
 def _accuracy(model: torch.nn.Module, x, y) -> float:
-    from search import evaluate
+    from slimtune.search import evaluate
 
     return evaluate(model, x, y, "classification")["accuracy"]
 
 
 def compress_setting(dense: torch.nn.Module, data, p: dict[str, Any], seed: int) -> tuple[torch.nn.Module, list]:
     """Structured prune -> gradual magnitude pruning while fine-tuning -> (QAT) -> quantize."""
-    from search import Fit, train
+    from slimtune.search import Fit, train
 
     args = {"lr": 1e-3, "batch_size": 64, "seed": seed}
     configs: list = []
@@ -145,7 +144,7 @@ def run_deep_one(dataset: str, epochs: int, seed: int, trials: int, repeats: int
     """One dataset, one seed: train LeNet-300-100, sweep its compression, measure the chosen artifact."""
     import optuna
 
-    from search import Fit, train
+    from slimtune.search import Fit, train
 
     t0 = time.perf_counter()
     data = _load(dataset)

@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))  # the repository's search/, not benchmarks/search
 
 import torch  # noqa: E402
 
-import compress  # noqa: E402
-from search.task.data import load_data  # noqa: E402
-from search.task.train import Distill, Fit, Schedule, evaluate, train  # noqa: E402
-from search.trial import Trained, TrialSetup, compress_trained, measure, model_recipe  # noqa: E402
-from spaces import parse_spec  # noqa: E402
+from slimtune import compress  # noqa: E402
+from slimtune.search.task.data import load_data  # noqa: E402
+from slimtune.search.task.train import Distill, Fit, Schedule, evaluate, train  # noqa: E402
+from slimtune.search.trial import Trained, TrialSetup, compress_trained, measure, model_recipe  # noqa: E402
+from slimtune.spaces import parse_spec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 WSD = {"lr_schedule": "wsd", "warmup": 0.05, "decay": 0.2}

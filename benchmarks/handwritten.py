@@ -28,8 +28,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.task.data import load_data  # noqa: E402
-from spaces import parse_spec  # noqa: E402
+from slimtune.search.task.data import load_data  # noqa: E402
+from slimtune.spaces import parse_spec  # noqa: E402
 
 
 def cnn(width: int) -> nn.Sequential:

@@ -28,10 +28,10 @@ def spec(seed: int) -> dict:
 
 
 def main(arm: str, seed: int, root: Path) -> str:
-    import search.searcher.ladder as ladder
-    from search import load_results
-    from search.results.pareto import hypervolume
+    import slimtune.search.searcher.ladder as ladder
     from slimtune.cli import main as cli
+    from slimtune.search import load_results
+    from slimtune.search.results.pareto import hypervolume
 
     if arm == "uniform":
         ladder.front_sizes = lambda spec, study: []  # no front seen: the uniform fallback every time

@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import compress  # noqa: E402
-from search.task.data import load_data  # noqa: E402
-from search.task.train import Fit, train  # noqa: E402
-from search.trial import Trained, compress_trained, measure  # noqa: E402
-from spaces import parse_spec  # noqa: E402
+from slimtune import compress  # noqa: E402
+from slimtune.search.task.data import load_data  # noqa: E402
+from slimtune.search.task.train import Fit, train  # noqa: E402
+from slimtune.search.trial import Trained, compress_trained, measure  # noqa: E402
+from slimtune.spaces import parse_spec  # noqa: E402
 
 
 def arms(rests: list[int]) -> dict[str, dict]:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = parse_spec({"name": "mixed", "task": {"dataset": args.dataset, "model": args.model}})
     data = load_data(spec.task)
-    from search.trial import TrialSetup, model_recipe
+    from slimtune.search.trial import TrialSetup, model_recipe
 
     setup = TrialSetup(out_dir="", model=args.model, kind=data.kind)
     rows = []

@@ -69,8 +69,8 @@ def pick(df: pd.DataFrame, bound: int) -> pd.Series | None:
 
 def check_front(df: pd.DataFrame, out: Path, data) -> pd.DataFrame:
     """Each front row reloaded from its artifact: file length and test accuracy against the row."""
-    import compress
-    from search import evaluate, pareto_front
+    from slimtune import compress
+    from slimtune.search import evaluate, pareto_front
 
     rows = []
     for _, r in pareto_front(df).iterrows():
@@ -95,8 +95,8 @@ def describe(r: pd.Series) -> str:
 
 
 def run_seed(spec_path: Path, seed: int, trials: int | None, quick: bool, out: Path) -> tuple[list, pd.DataFrame]:
-    from search import load_data, load_results, run_sweep
-    from spaces import parse_spec
+    from slimtune.search import load_data, load_results, run_sweep
+    from slimtune.spaces import parse_spec
 
     raw = spec_for(spec_path, seed, trials, quick)
     spec = parse_spec(raw)

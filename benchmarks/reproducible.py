@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def fingerprint(out: Path) -> str:
-    from search import load_results
+    from slimtune.search import load_results
     from tests.test_reproducible import VARYING
 
     df = load_results(out)
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import ray
 
-    from search import run_sweep
-    from spaces import parse_spec
+    from slimtune.search import run_sweep
+    from slimtune.spaces import parse_spec
     from tests.test_reproducible import digits_like
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")

@@ -32,10 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository's search/, not benchmarks/search.py
 
-import compress
-import search
-import spaces
-from search.task.train import Schedule
+from slimtune import compress, search, spaces
+from slimtune.search.task.train import Schedule
 
 ARMS = {"constant": Schedule(), "wsd": Schedule("wsd", 0.05, 0.2), "cosine": Schedule("cosine", 0.05, 0.0)}
 RESULTS = Path(__file__).parent / "results"

@@ -90,8 +90,8 @@ def spec_dict(task: str, trials: int, seed: int, smoke: bool) -> dict:
 
 
 def run_slimtune(raw: dict, out: Path, smoke: bool) -> tuple[pd.DataFrame, float]:
-    from search import run_sweep
-    from spaces import parse_spec
+    from slimtune.search import run_sweep
+    from slimtune.spaces import parse_spec
 
     es = {"grace_epochs": 1 if smoke else 2, "eta": 3}
     spec = parse_spec({**raw, "search": {**raw["search"], "ladder": 2 if smoke else 4, "early_stop": es}})
@@ -111,9 +111,9 @@ def _plain_trial(config: dict, raw: dict, out_dir: str, data=None) -> None:
     """Both plain arms' trial: (load the data,) train, compress, measure, report."""
     from ray import tune
 
-    from search import prepare
-    from search.trial import TrialSetup, run_trial
-    from spaces import parse_spec
+    from slimtune.search import prepare
+    from slimtune.search.trial import TrialSetup, run_trial
+    from slimtune.spaces import parse_spec
 
     spec = parse_spec(raw)
     if data is None:  # plain-defaults: each trial loads its data (the same split slimtune uses)
@@ -131,9 +131,9 @@ def run_plain(raw: dict, out: Path, tuned: bool, time_budget_s: float | None = N
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from search import prepare
-    from search.driver.sweep import DefineByRun, make_sampler
-    from spaces import parse_spec
+    from slimtune.search import prepare
+    from slimtune.search.driver.sweep import DefineByRun, make_sampler
+    from slimtune.spaces import parse_spec
 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # per-epoch reports carry no objectives
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,7 +182,7 @@ def run_plain(raw: dict, out: Path, tuned: bool, time_budget_s: float | None = N
 
 def front_mask(df: pd.DataFrame) -> np.ndarray:
     """Rows of ``df`` on the validation front (Pareto set of accuracy max, size min)."""
-    from search import pareto_front
+    from slimtune.search import pareto_front
 
     front = pareto_front(df, {"accuracy": "max", "size_bytes": "min"})
     return df.index.isin(front.index)
@@ -190,7 +190,7 @@ def front_mask(df: pd.DataFrame) -> np.ndarray:
 
 def test_hv(df: pd.DataFrame, size_ref: float) -> tuple[float, float]:
     """(hv_lin, hv_log) of (test accuracy, size) of the validation-chosen front of ``df``."""
-    from search import hypervolume
+    from slimtune.search import hypervolume
 
     ok = df[df["status"] == "ok"]
     if not len(ok):
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from search import prepare
-    from spaces import parse_spec
+    from slimtune.search import prepare
+    from slimtune.spaces import parse_spec
 
     cores = os.cpu_count() or 1
     started = time.time()

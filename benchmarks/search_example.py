@@ -95,8 +95,8 @@ def plain_spec(raw: dict) -> dict:
 
 
 def run_slimtune(raw: dict, out: Path) -> tuple[pd.DataFrame, float]:
-    from search import run_sweep
-    from spaces import parse_spec
+    from slimtune.search import run_sweep
+    from slimtune.spaces import parse_spec
 
     t0 = time.time()
     df = run_sweep(parse_spec(raw), out, base_dir=EXAMPLE.parent, quiet=True)
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "_quick" if args.quick else ""
     import ray
 
-    from search import prepare
-    from spaces import parse_spec
+    from slimtune.search import prepare
+    from slimtune.spaces import parse_spec
 
     bench = _bench()
     started = time.time()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster import _local, _state
-from cluster._jobs import list_sweeps, logs, progress, resolve_results_path, status, stop, submit
+from slimtune.cluster import _local, _state
+from slimtune.cluster._jobs import list_sweeps, logs, progress, resolve_results_path, status, stop, submit
 
 __all__ = ["down", "list_sweeps", "logs", "progress", "recorded", "resolve_results_path", "status", "stop",
            "submit", "up"]
@@ -38,7 +38,7 @@ def down() -> dict[str, Any] | None:
     if record.get("kind") == "launcher":
         rc = _local.launcher_down(record)
         if rc != 0:
-            from spaces import RunError
+            from slimtune.spaces import RunError
 
             raise RunError(f"ray down {record['config']}", f"exited with {rc}", "see its output above")
         record["stopped"] = 1

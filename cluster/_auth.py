@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from spaces import SpecError
+from slimtune.spaces import SpecError
 
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 

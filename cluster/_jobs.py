@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster import _auth, _state
-from spaces import RunError, SpecError, load_spec, require_search
+from slimtune.cluster import _auth, _state
+from slimtune.spaces import RunError, SpecError, load_spec, require_search
 
 #: Job states after which nothing changes (Ray's JobStatus values).
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -81,7 +81,7 @@ def storage_uri(storage: str | os.PathLike, check_local: bool = False) -> str:
     or an unreachable store are one-line errors (SpecError) before anything starts. A folder is
     checked only with ``check_local`` (it may be a mount that exists on the cluster's nodes only).
     """
-    from search.storage import Storage  # pyarrow: loaded only by the commands that need it
+    from slimtune.search.storage import Storage  # pyarrow: loaded only by the commands that need it
 
     store = Storage.open(storage, field="storage")
     if store.local_path is None or check_local:
@@ -115,11 +115,14 @@ def submit(spec: str, *, address: str | None = None, storage: str | None = None,
         raise SpecError("working_dir", "must be a folder", str(wd))
     if not spec_path.is_relative_to(wd):
         raise SpecError("working_dir", "must contain the spec", str(wd), f"the spec is {spec_path}")
+    from slimtune.search.task.data import check_no_shadow
+
+    check_no_shadow(wd)  # Ray puts the working_dir first on the path of the job's driver and workers
     chosen, head = _address(address)
     jobs = client(chosen)
     base = _storage(storage, head)
     sweep_id = f"{parsed.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    from search.storage import Storage
+    from slimtune.search.storage import Storage
 
     out = Storage.open(base, field="storage").child(sweep_id).uri  # a folder or a URI, never credentials
     rel = spec_path.relative_to(wd).as_posix()
@@ -162,8 +165,8 @@ def progress(out: str | None, budget: int | None = None):
     none is readable yet."""
     if not out:
         return None
-    from search import sweep_progress
-    from search.storage import Storage
+    from slimtune.search import sweep_progress
+    from slimtune.search.storage import Storage
 
     try:
         if not Storage.open(out).is_file("sweep.json"):

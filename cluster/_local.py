@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import _auth, _state
-from cluster._jobs import storage_uri
-from spaces import RunError, SpecError
+from slimtune.cluster import _auth, _state
+from slimtune.cluster._jobs import storage_uri
+from slimtune.spaces import RunError, SpecError
 
 READY = "Ray runtime started"
 

@@ -24,7 +24,9 @@ def home() -> Path:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    from search.storage import write_local_atomic  # the one atomic write; on call, so `import cluster` stays lean
+    from slimtune.search.storage import (
+        write_local_atomic,  # the one atomic write; on call, so `import cluster` stays lean
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_local_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode())
@@ -64,14 +66,14 @@ def write_sweep(record: dict[str, Any]) -> None:
 
 def start_time(pid: int) -> str | None:
     """The process's start time as the kernel records it, or None when it is gone (or a zombie)."""
-    from search.lease import process_start_time
+    from slimtune.search.lease import process_start_time
 
     return process_start_time(pid)
 
 
 def alive(proc: dict[str, Any]) -> bool:
     """Whether the recorded process ``{"pid", "start_time"}`` still runs (the same process, not a reuse)."""
-    from search.lease import pid_alive
+    from slimtune.search.lease import pid_alive
 
     return pid_alive(int(proc["pid"]), proc.get("start_time"))
 

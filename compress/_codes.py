@@ -39,22 +39,6 @@ def _rice_encode(values: np.ndarray) -> bytes:
     return head + np.packbits(unary, bitorder="little").tobytes() + pack_bits(rem, k)
 
 
-def _rice_decode(buf: bytes) -> np.ndarray:
-    k = buf[0]
-    end = 1
-    while buf[end] & 0x80:
-        end += 1
-    n = int(_varint_decode(buf[1 : end + 1])[0])
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(buf, np.uint8, offset=end + 1), bitorder="little")
-    ones = np.flatnonzero(bits)[:n]  # the unary part ends at its n-th 1
-    q = np.diff(ones, prepend=-1) - 1
-    start = end + 1 + int(ones[-1]) // 8 + 1
-    rem = unpack_bits(buf[start:], k, n).astype(np.int64) if k else np.zeros(n, dtype=np.int64)
-    return (q.astype(np.int64) << k) | rem
-
-
 def _varint_encode(values: np.ndarray) -> bytes:
     """LEB128: 7 bits per byte, high bit set on all but the last byte of a value."""
     v = np.asarray(values, dtype=np.uint64).reshape(-1)

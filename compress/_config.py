@@ -53,7 +53,7 @@ def register(config_type: C) -> Callable[[Handler], Handler]:
 
     def decorator(fn: Handler) -> Handler:
         _HANDLERS[config_type] = fn
-        if config_type.__module__.split(".")[0] == "compress":
+        if config_type.__module__.startswith("slimtune.compress."):
             _JSON_TYPES[config_type.__name__] = config_type
         return fn
 

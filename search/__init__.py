@@ -9,17 +9,17 @@ from importlib import import_module
 from typing import Any
 
 _HOME = {
-    "search.task.data": ["Data", "load_data"],
-    "search.driver.progress": ["Progress", "format_progress", "progress", "sweep_progress"],
-    "search.results.table": ["load_results"],
-    "search.results.pareto": ["hypervolume", "pareto_front"],
-    "search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
-    "search.task.train": ["Distill", "Fit", "Schedule", "evaluate", "train"],
+    "slimtune.search.task.data": ["Data", "load_data"],
+    "slimtune.search.driver.progress": ["Progress", "format_progress", "progress", "sweep_progress"],
+    "slimtune.search.results.table": ["load_results"],
+    "slimtune.search.results.pareto": ["hypervolume", "pareto_front"],
+    "slimtune.search.driver.sweep": ["prepare", "resume_sweep", "run_sweep", "trial_seed"],
+    "slimtune.search.task.train": ["Distill", "Fit", "Schedule", "evaluate", "train"],
     # See and use a sweep's results: plot, report, export, predict.
-    "search.present.export": ["export_trial", "load_model"],
-    "search.present.predict": ["load_exported", "predict_csv"],
-    "search.present.plot": ["plot_sweep"],
-    "search.present.report": ["write_report"],
+    "slimtune.search.present.export": ["export_trial", "load_model"],
+    "slimtune.search.present.predict": ["load_exported", "predict_csv"],
+    "slimtune.search.present.plot": ["plot_sweep"],
+    "slimtune.search.present.report": ["write_report"],
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names}
 
@@ -28,7 +28,7 @@ __all__ = [name for names in _HOME.values() for name in names]
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'search' has no attribute {name!r}")
+        raise AttributeError(f"module 'slimtune.search' has no attribute {name!r}")
     value = getattr(import_module(_WHERE[name]), name)
     globals()[name] = value
     return value

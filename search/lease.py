@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Self
 
-from search.storage import Storage, write_local_atomic
-from spaces import SpecError
+from slimtune.search.storage import Storage, write_local_atomic
+from slimtune.spaces import SpecError
 
 
 def process_start_time(pid: int) -> str | None:

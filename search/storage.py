@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pyarrow.fs as pafs
 
-from spaces import SpecError
-from spaces._errors import closest
+from slimtune.spaces import SpecError
+from slimtune.spaces._errors import closest
 
 #: Seconds a connection attempt may take, attempts per request, and the hard bound on :meth:`Storage.check`.
 CONNECT_TIMEOUT = 5.0

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import compress
-from search.storage import Storage
-from search.task.data import Data
-from search.task.train import Fit, Schedule, distill_of, evaluate, train
-from spaces import METHODS, METRIC_TABLE, PRUNE, QUANTIZE, MethodKeys, Metric, Spec, computed_metrics, task_metric
+from slimtune import compress, spaces
+from slimtune.search.storage import Storage
+from slimtune.search.task.data import Data
+from slimtune.search.task.train import Fit, Schedule, distill_of, evaluate, train
+from slimtune.spaces import PRUNE, QUANTIZE, MethodKeys
 
 #: Seed offsets from the trial's seed, so each training phase of a trial shuffles its batches
 #: differently yet reproducibly: fine-tuning after pruning, then QAT. Ladder rung ``k`` (from 1)
@@ -50,13 +50,13 @@ class TrialSetup:
     model: str  # mlp | cnn | module:function
     kind: str
     threads: int = 1
-    spec: Spec | None = None  # for the ladder's draws
+    spec: spaces.Spec | None = None  # for the ladder's draws
     ladder: int = 0
     code_dir: str | None = None  # the spec's folder, put on sys.path so module:function hooks beside it import
     sink: Any = None  # a local folder: the Ray actor on the driver's node that writes artifacts there
     #: Declared metrics the trial computes through their hook (taken where the sweep starts: a
     #: worker process does not see declarations made there).
-    metrics: tuple[Metric, ...] = field(default_factory=computed_metrics)
+    metrics: tuple[spaces.Metric, ...] = field(default_factory=spaces.computed_metrics)
 
     @property
     def methods(self) -> tuple[MethodKeys, ...]:
@@ -129,7 +129,7 @@ def compression_configs(config: dict[str, Any], methods: Iterable[MethodKeys] | 
     elif method == "structured":
         prune.append(compress.StructuredPrune(ratio=float(config["sparsity"])))
     qat: list = []
-    quant: list = [c for m in (METHODS.values() if methods is None else methods) if m.config
+    quant: list = [c for m in (spaces.METHODS.values() if methods is None else methods) if m.config
                    for c in [_declared_config(m, config)] if c is not None]
     if int(_given(config, QUANTIZE, "bits")) < 32:
         fields = _fields(QUANTIZE, config)
@@ -248,7 +248,7 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
     test = evaluate(model, data.x_test, data.y_test, data.kind)
     params, nonzero = compress.count_params(model)
     rel = f"artifacts/{name}.slim"
-    split = [m for m in METRIC_TABLE.values() if m.split and m.task in (None, data.kind)]
+    split = [m for m in spaces.METRIC_TABLE.values() if m.split and m.task in (None, data.kind)]
     metrics = {**{m.name: val[m.name] for m in split}, **{f"test_{m.name}": test[m.name] for m in split}}
     for m in computed:
         module, fn = m.compute.split(":")
@@ -283,7 +283,7 @@ def offer_teacher(trained: Trained, setup: TrialSetup, name: str, val: float) ->
     picks teachers) and ``dense_artifact`` (its path in the sweep's folder)."""
     rel = f"{TEACHERS}/{name}.slim"
     store_artifact(setup, rel, _saved(trained.dense, trained.recipe))
-    return {f"dense_{task_metric(trained.data.kind)}": val, "dense_artifact": rel}
+    return {f"dense_{spaces.task_metric(trained.data.kind)}": val, "dense_artifact": rel}
 
 
 def fetch_teacher(setup: TrialSetup, config: dict[str, Any]) -> nn.Module | None:
@@ -295,7 +295,7 @@ def fetch_teacher(setup: TrialSetup, config: dict[str, Any]) -> nn.Module | None
     return compress.load(read_artifact(setup, str(rel)), trust_code=setup.model not in ("mlp", "cnn"))
 
 
-def ladder_configs(spec: Spec, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def ladder_configs(spec: spaces.Spec, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """``n`` more compression settings for the model trained with ``config``: the training
     parameters are kept, the compression parameters are drawn at random from the spec
     (seeded by the trial's seed); duplicates of the trial's own setting are dropped."""
@@ -348,7 +348,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     t0 = time.perf_counter()
     recipe = model_recipe(setup, data, config)
     dense = compress.build_model(recipe)
-    metric = task_metric(data.kind)
+    metric = spaces.task_metric(data.kind)
 
     last: dict[str, float] = {}  # the dense model's validation metrics after the last epoch
 

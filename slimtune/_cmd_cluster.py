@@ -39,7 +39,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     if args.action == "down":
         rec = cluster.down()
@@ -50,7 +50,7 @@ def _cluster(args: argparse.Namespace) -> int:
         else:
             print(f"stopped {rec['stopped']} node process(es) of {rec['dashboard']}; Ray logs in {rec['temp_dir']}")
         return 0
-    from spaces import SpecError
+    from slimtune.spaces import SpecError
 
     if args.workers < 0:
         raise SpecError("--workers", "must be >= 0", args.workers)
@@ -88,7 +88,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     rec = cluster.submit(args.spec, address=args.address, storage=args.storage, working_dir=args.working_dir)
     print(rec["id"], flush=True)
@@ -104,19 +104,19 @@ def _id_args(p: argparse.ArgumentParser) -> None:
 
 
 def _progress_text(p) -> str:
-    from search import format_progress
+    from slimtune.search import format_progress
 
     return "\n".join(format_progress(p)) if p else "no results yet"
 
 
 def _short(p) -> str:
-    from search.driver.progress import counts
+    from slimtune.search.driver.progress import counts
 
     return f"{p.finished}/{p.budget} trained ({counts(p)})" if p else "no results yet"
 
 
 def _status(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     st = cluster.status(args.id, address=args.address)
     print(f"{st['id']}: {st['status']}")
@@ -133,7 +133,7 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -144,7 +144,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     st = cluster.stop(args.id, address=args.address)
     print(f"{st['id']}: {st['status']}; trials {_short(st['progress'])}")
@@ -159,7 +159,7 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import cluster
+    from slimtune import cluster
 
     rows = cluster.list_sweeps(address=args.address)
     if args.format == "json":

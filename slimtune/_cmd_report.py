@@ -18,7 +18,7 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from search import plot_sweep
+    from slimtune.search import plot_sweep
 
     print(plot_sweep(args.path, args.out))
     return 0
@@ -30,7 +30,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from search import write_report
+    from slimtune.search import write_report
 
     print(write_report(args.path, args.out))
     return 0
@@ -52,9 +52,9 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from search import export_trial
-    from search.present.export import FORMATS
-    from spaces import SpecError
+    from slimtune.search import export_trial
+    from slimtune.search.present.export import FORMATS
+    from slimtune.spaces import SpecError
 
     fmt = args.format
     if fmt is None:
@@ -76,7 +76,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from search import predict_csv
+    from slimtune.search import predict_csv
 
     df = predict_csv(args.model, args.data, trust_code=args.trust_code)
     if args.out:

@@ -25,8 +25,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from search import run_sweep
-    from spaces import load_spec
+    from slimtune.search import run_sweep
+    from slimtune.spaces import load_spec
 
     spec = load_spec(args.spec)
     with _interrupt_note(args.out):
@@ -44,8 +44,8 @@ def _interrupt_note(out: str):
     try:
         yield
     except KeyboardInterrupt:
-        from search.results.table import SWEEP
-        from search.storage import Storage
+        from slimtune.search.results.table import SWEEP
+        from slimtune.search.storage import Storage
 
         if Storage.open(out).is_file(SWEEP):
             raise KeyboardInterrupt(f"interrupted; the trials that finished are kept; continue with: "
@@ -68,9 +68,9 @@ def _extend_args(p: argparse.ArgumentParser) -> None:
 def _finish(path: str, df) -> int:
     """Print what ended, counted as the progress counts it (trained trials against the budget),
     and the rows that are not trainings; 1 when no trial succeeded."""
-    from search import sweep_progress
-    from search.driver.progress import counts
-    from search.storage import Storage
+    from slimtune.search import sweep_progress
+    from slimtune.search.driver.progress import counts
+    from slimtune.search.storage import Storage
 
     p = sweep_progress(path)
     st = Storage.open(path)
@@ -86,15 +86,15 @@ def _finish(path: str, df) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from search import resume_sweep
+    from slimtune.search import resume_sweep
 
     with _interrupt_note(args.path):
         return _finish(args.path, resume_sweep(args.path, quiet=args.quiet, address=args.address))
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from search import resume_sweep
-    from spaces import SpecError
+    from slimtune.search import resume_sweep
+    from slimtune.spaces import SpecError
 
     if args.trials < 1:
         raise SpecError("--trials", "must be an integer >= 1", args.trials)
@@ -106,7 +106,7 @@ def _extend(args: argparse.Namespace) -> int:
 def table_columns() -> list[str]:
     """The columns ``slimtune results`` shows (those present and not all empty): the metrics
     declared for the table (``spaces.METRIC_TABLE``), the main parameters, the error."""
-    from spaces import shown_columns
+    from slimtune.spaces import shown_columns
 
     return ["trial_number", "status", *shown_columns("table"), "lr", "batch_size", "depth", "width", "epochs",
             "prune_method", "sparsity", "bits", "error"]
@@ -122,8 +122,8 @@ def _results_args(p: argparse.ArgumentParser) -> None:
 def _results(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from cluster import resolve_results_path
-    from search import load_results, pareto_front
+    from slimtune.cluster import resolve_results_path
+    from slimtune.search import load_results, pareto_front
 
     df = load_results(resolve_results_path(args.path))
     if args.pareto:

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spaces import RunError, SpecError
+    from slimtune.search.driver.terminal import debug
+    from slimtune.spaces import RunError, SpecError
 
     args = _parser().parse_args(argv)
     try:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return 0
     except Exception as exc:  # any other failure of the run: one line, exit 1 (traceback on request)
-        if os.environ.get("SLIMTUNE_DEBUG"):
+        if debug():
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"slimtune: error: {type(exc).__name__}: {first} (SLIMTUNE_DEBUG=1 shows the traceback)",

@@ -4,10 +4,20 @@ it derives from (each compression method's spec keys, every metric).
 Imports neither torch nor ray (a test keeps it so).
 """
 
-from spaces._distributions import Choice, Fixed, IntRange, LogUniform, Param, Uniform, parse_param, suggest, to_json
-from spaces._errors import RunError, SpecError
-from spaces._methods import DISTILL, METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
-from spaces._metrics import (
+from slimtune.spaces._distributions import (
+    Choice,
+    Fixed,
+    IntRange,
+    LogUniform,
+    Param,
+    Uniform,
+    parse_param,
+    suggest,
+    to_json,
+)
+from slimtune.spaces._errors import RunError, SpecError
+from slimtune.spaces._methods import DISTILL, METHODS, PRUNE, QUANTIZE, Key, MethodKeys, Section, When
+from slimtune.spaces._metrics import (
     METRIC_TABLE,
     METRICS,
     TASK_METRIC,
@@ -21,8 +31,8 @@ from spaces._metrics import (
     whole_columns,
     worst_value,
 )
-from spaces._parse import load_spec, parse_spec, require_search
-from spaces._spec import BUILTIN_DATASETS, Bound, Objective, Promote, Resources, Search, Spec, Task
+from slimtune.spaces._parse import load_spec, parse_spec, require_search
+from slimtune.spaces._spec import BUILTIN_DATASETS, Bound, Objective, Promote, Resources, Search, Spec, Task
 
 __all__ = [
     "BUILTIN_DATASETS", "DISTILL", "METHODS", "METRICS", "METRIC_TABLE", "TASK_METRIC", "Bound", "Choice", "Declared",

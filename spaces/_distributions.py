@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-from spaces._errors import SpecError
+from slimtune.spaces._errors import SpecError
 
 Scalar = Union[bool, int, float, str]
 
@@ -66,6 +66,14 @@ class Fixed:
 
 Param = Union[Uniform, LogUniform, IntRange, Choice, Fixed]
 KINDS = ("uniform", "log_uniform", "int", "int_log", "choice")
+#: How each distribution is written in a spec, and what it draws (the generated spec reference shows it).
+KIND_DOCS: dict[str, str] = {
+    "uniform": "{uniform: [low, high]}: a float drawn evenly from low..high",
+    "log_uniform": "{log_uniform: [low, high]}: a float drawn evenly on a log scale (0 < low)",
+    "int": "{int: [low, high]}: an integer in low..high, both included",
+    "int_log": "{int_log: [low, high]}: an integer drawn on a log scale (1 <= low)",
+    "choice": "{choice: [a, b, ...]}: one of the listed numbers, strings or booleans",
+}
 
 
 def _is_number(x: Any) -> bool:
@@ -114,7 +122,7 @@ def parse_param(field: str, raw: Any) -> Param:
             if len(set(map(repr, arg))) != len(arg):
                 raise SpecError(field, "`choice` values must be distinct", arg)
             return Choice(tuple(arg))
-        from spaces._errors import closest
+        from slimtune.spaces._errors import closest
 
         raise SpecError(field, f"unknown distribution {kind!r} ({closest(kind, KINDS)})", raw)
     if isinstance(raw, (bool, int, float, str)):

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from spaces._distributions import Choice, Fixed, IntRange, Param, check_values, parse_param, suggest
-from spaces._errors import SpecError
+from slimtune.spaces._distributions import Choice, Fixed, IntRange, Param, check_values, parse_param, suggest
+from slimtune.spaces._errors import SpecError
 
 #: Stands for "no second default" in :attr:`Key.default_if_written`.
 _SAME = "<same>"
@@ -58,7 +58,7 @@ class Key:
     ``when``: drawn only where these hold; ``instead_of``: where this key is written and drawn,
     that key of the method is not drawn. ``field``: the config field it fills (None: none).
     ``rule``: the error text (default: from the kind and range). ``collapse``: a choice of
-    one value is that fixed value.
+    one value is that fixed value. ``doc``: one line on what it does (the generated spec reference shows it).
     """
 
     name: str
@@ -77,6 +77,7 @@ class Key:
     rule: str = ""
     default_if_written: Any = _SAME
     collapse: bool = False
+    doc: str = ""
 
     @property
     def col(self) -> str:
@@ -159,45 +160,51 @@ _QUANTIZED = When("bits", below=32)
 
 PRUNE = MethodKeys("prune", (
     Key("method", "choice", "none", values=PRUNE_METHODS, column="prune_method", default_if_written="magnitude",
-        collapse=True),
-    # magnitude: fraction of weights zeroed; structured: of channels removed
-    Key("sparsity", "float", 0.5, low=0, high=1, high_open=True, when=(_PRUNED,)),
-    # set: magnitude pruning zeroes |w| < threshold instead of a fraction
+        collapse=True, doc="none; magnitude zeroes the smallest weights; structured removes whole neurons and "
+        "channels (default magnitude once any other prune key is written)"),
+    Key("sparsity", "float", 0.5, low=0, high=1, high_open=True, when=(_PRUNED,),
+        doc="magnitude: the fraction of weights zeroed; structured: the fraction of channels removed"),
     Key("threshold", "float", None, low=0, when=(_MAGNITUDE,), instead_of="sparsity",
-        rule="`threshold >= 0` (finite) must hold"),
-    # magnitude: rank all weights together (global) or per tensor (layer)
-    Key("scope", "choice", "global", values=("global", "layer"), when=(_MAGNITUDE,)),
+        rule="`threshold >= 0` (finite) must hold", doc="magnitude: zero every |w| < threshold instead of a fraction"),
+    Key("scope", "choice", "global", values=("global", "layer"), when=(_MAGNITUDE,),
+        doc="magnitude: rank all weights together (global) or each tensor on its own (layer)"),
     # written with method none it is accepted (and not drawn), as before
-    Key("finetune_epochs", "int", 0, low=0, when=(When("prune_method", among=_PRUNED.among, checked=False),)),
-    # magnitude: reach the sparsity along the cubic schedule while fine-tuning
-    Key("gradual", "bool", False, when=(_MAGNITUDE, When("finetune_epochs", above=0))),
+    Key("finetune_epochs", "int", 0, low=0, when=(When("prune_method", among=_PRUNED.among, checked=False),),
+        doc="epochs of fine-tuning after pruning, the pruned weights held at zero"),
+    Key("gradual", "bool", False, when=(_MAGNITUDE, When("finetune_epochs", above=0)),
+        doc="magnitude: reach the sparsity along the cubic schedule while fine-tuning, instead of at once"),
 ), doc="pruning: magnitude (zeroes weights) or structured (removes channels)")
 
 QUANT_BITS = (2, 8)  # quantized widths; 32 = no quantization
 QUANTIZE = MethodKeys("quantize", (
     Key("bits", "int", 32, low=QUANT_BITS[0], high=QUANT_BITS[1], also=(32,), field="bits",
-        rule=f"bits must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}, or 32 for no quantization"),
-    Key("per_channel", "bool", True, when=(_QUANTIZED,), field="per_channel"),
-    Key("symmetric", "bool", False, when=(_QUANTIZED,), field="symmetric"),
-    # ptq | qat (fake-quant fine-tuning for qat_epochs, then quantize)
-    Key("mode", "choice", "ptq", values=("ptq", "qat"), column="quant_mode", when=(_QUANTIZED,)),
+        rule=f"bits must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}, or 32 for no quantization",
+        doc="the weights' width in bits (affine quantization); 32: not quantized"),
+    Key("per_channel", "bool", True, when=(_QUANTIZED,), field="per_channel",
+        doc="one scale and zero-point per output channel (false: per tensor)"),
+    Key("symmetric", "bool", False, when=(_QUANTIZED,), field="symmetric",
+        doc="a range symmetric about zero, Q = max|w| / (2^(bits-1) - 1) (false: fitted to min..max)"),
+    Key("mode", "choice", "ptq", values=("ptq", "qat"), column="quant_mode", when=(_QUANTIZED,),
+        doc="ptq: quantize after training; qat: fine-tune qat_epochs with fake-quantized weights, then quantize"),
     Key("qat_epochs", "int", 1, low=1, when=(When("quant_mode", among=("qat",)),),
-        rule="must be an integer >= 1 (mode: ptq for none)"),
-    # mixed precision: the first/last layer's width instead of `bits` (drawn when written)
+        rule="must be an integer >= 1 (mode: ptq for none)", doc="epochs of quantization-aware fine-tuning"),
     Key("bits_first", "int", None, low=QUANT_BITS[0], high=QUANT_BITS[1], when=(_QUANTIZED,), field="bits_first",
-        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}"),
+        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}",
+        doc="mixed precision: the first layer's width instead of bits (drawn only when written)"),
     Key("bits_last", "int", None, low=QUANT_BITS[0], high=QUANT_BITS[1], when=(_QUANTIZED,), field="bits_last",
-        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}"),
-    # manual: widths as written; sensitivity: the same average width placed by each layer's sensitivity
-    Key("assign", "choice", None, values=("manual", "sensitivity"), column="bits_assign", when=(_QUANTIZED,)),
+        rule=f"must be an integer in {QUANT_BITS[0]}..{QUANT_BITS[1]}",
+        doc="mixed precision: the last layer's width instead of bits (drawn only when written)"),
+    Key("assign", "choice", None, values=("manual", "sensitivity"), column="bits_assign", when=(_QUANTIZED,),
+        doc="manual: the widths as written; sensitivity: the same average width, placed per layer by each "
+        "layer's sensitivity"),
 ), doc="affine k-bit quantization, post-training (ptq) or quantization-aware (qat)")
 
 DISTILL = MethodKeys("distill", (
-    # the share of the fine-tuning and QAT loss that follows the teacher (0 or absent: off)
-    Key("weight", "float", None, low=0, high=1, high_open=True, column="distill_weight"),
-    # softens both models' class probabilities (classification; regression follows the outputs)
+    Key("weight", "float", None, low=0, high=1, high_open=True, column="distill_weight",
+        doc="the share of the fine-tuning and QAT loss that follows the teacher (0 or absent: off)"),
     Key("temperature", "float", 2.0, low=0, low_open=True, column="distill_temperature",
-        when=(When("distill_weight", above=0),), rule="`temperature > 0` (finite) must hold"),
+        when=(When("distill_weight", above=0),), rule="`temperature > 0` (finite) must hold",
+        doc="softens both models' class probabilities (classification; regression follows the outputs)"),
 ), doc="knowledge distillation: fine-tuning and QAT also learn from the sweep's best dense model so far")
 
 #: Every declared method, in the order its keys are drawn and its columns appear.

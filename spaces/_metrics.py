@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spaces._methods import METHODS, MethodKeys
+from slimtune.spaces._methods import METHODS, MethodKeys
 
 #: Views, narrowest first: a metric ``shown`` in one is shown in the wider ones too.
 VIEWS = ("table", "report", "export")
@@ -70,6 +70,31 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("dense_r2", "max", "validation R^2 of the dense model before compression (distilling sweeps)",
            objective=False),
 )}
+
+#: What each column of a results row means that is neither a parameter nor a metric (the generated
+#: results schema shows it; ``search.results`` writes the columns).
+ROW_DOCS: dict[str, str] = {
+    "trial_id": "Ray Tune's trial id (also the artifact's file stem)",
+    "trial_number": "the Optuna trial number in study.db (0, 1, ...)",
+    "status": "ok | failed | stopped (early, by the two-objective stopper) | infeasible (predicted to break a size "
+              "constraint; never trained)",
+    "seed": "the trial's seed, derived from search.seed and the trial number",
+    "feasible": "every constraint of the spec holds (always true without constraints)",
+    "node": "host/node-id of the Ray node that ran the trial",
+    "error": "the error of a failed trial (e.g. ValueError: ..., TrainingDiverged: training diverged: loss=nan ...), "
+             "or why it stopped early",
+    "artifact": "the artifact's path relative to the sweep folder (compress.load reads it)",
+    "parent": "a ladder rung: the trial number of the trained model it compresses; a promotion: the trial number of "
+              "the configuration it retrains at a longer budget",
+    "budget": "with search.promote: the epochs of the trial's rung (a row with parent and budget is a promotion)",
+    "predicted_size_bytes": "the size predicted before training (with size constraints or early stopping)",
+    "layer_bits": "each Linear/Conv layer's stored width in layer order, e.g. 8,4,4,8 (empty without quantization)",
+    "teacher": "with compress.distill: the dense model (teachers/<n>.slim) its fine-tuning and QAT distilled from "
+               "(empty: none stored yet)",
+    "teacher_trial": "with compress.distill: the trial number of that teacher",
+    "dense_artifact": "with compress.distill: this trial's dense model before compression, stored as a teacher",
+    "ended_at": "Unix time at which the driver recorded the row",
+}
 
 #: The metrics a spec may name (objectives, constraints), with the direction that is better.
 METRICS: dict[str, str] = {}

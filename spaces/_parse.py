@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from spaces._distributions import Fixed, IntRange, Param, check_values, parse_param
-from spaces._errors import SpecError, closest
-from spaces._methods import METHODS, Section, parse_section
-from spaces._metrics import METRICS, TASK_METRIC
-from spaces._spec import (
+from slimtune.spaces._distributions import Fixed, IntRange, Param, check_values, parse_param
+from slimtune.spaces._errors import SpecError, closest
+from slimtune.spaces._methods import METHODS, Section, parse_section
+from slimtune.spaces._metrics import METRICS, TASK_METRIC
+from slimtune.spaces._spec import (
     BUILTIN_DATASETS,
     BUILTIN_MODELS,
     HOOK,

@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from spaces._distributions import (
+from slimtune.spaces._distributions import (
     Fixed,
     Param,
     suggest,
 )
-from spaces._methods import Section, default_sections, sample_section
+from slimtune.spaces._methods import Section, default_sections, sample_section
 
 BUILTIN_DATASETS = ("digits", "mnist1d")
 BUILTIN_MODELS = ("mlp", "cnn")
@@ -34,6 +34,24 @@ LR_SCHEDULES = ("constant", "wsd", "cosine")
 #: ``decay`` (fractions of the training's steps) default to these when it does.
 SCHEDULE_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "warmup": 0.05, "decay": 0.2}
 HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: What each key of ``space:`` that slimtune understands means (the generated spec reference shows it).
+SPACE_DOCS: dict[str, str] = {
+    "lr": "Adam's learning rate (> 0)",
+    "batch_size": "training batch size (integer >= 1)",
+    "depth": "hidden layers of the built-in mlp, convolution blocks of the built-in cnn (integer >= 1)",
+    "width": "units per hidden layer (mlp) or channels per block (cnn) (integer >= 1)",
+    "weight_decay": "Adam's weight decay (>= 0)",
+    "lr_schedule": "constant (Adam at lr throughout), wsd (linear warm-up, lr, then linear decay to about zero "
+                   "over the last decay fraction) or cosine (the same warm-up, then a half cosine to about zero); "
+                   "fine-tuning and QAT then decay over their own epochs too",
+    "warmup": "with lr_schedule: the warm-up's fraction of the training's steps (0 <= warmup < 1)",
+    "decay": "with lr_schedule wsd: the decay's fraction of the steps (0 <= decay <= 1, warmup + decay <= 1)",
+}
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    """A dataclass field with its one-line description (the generated spec reference shows it)."""
+    return field(metadata={"doc": text}, **kw)
 
 
 @dataclass(frozen=True)
@@ -60,14 +78,18 @@ class Bound:
 
 @dataclass(frozen=True)
 class Task:
-    dataset: str
-    model: str
-    epochs: Param
-    target: str | None = None
-    kind: str | None = None  # None: inferred from the target when the data is loaded
-    validation_split: float = 0.2
-    test_split: float = 0.2  # ignored by mnist1d, which has its published 4000/1000 split
-    split_seed: int = 0  # seeds the test and validation splits: the same for every sweep of the task
+    dataset: str = _doc("digits | mnist1d | a .csv or .npz path | module:function returning (x, y) (required)")
+    model: str = _doc("mlp | cnn | module:function, a function build(config) -> torch.nn.Module")
+    epochs: Param = _doc("training epochs (fixed or searched); set by search.promote.rungs when promoting")
+    target: str | None = _doc(".csv only: the label column (default: the last column)", default=None)
+    kind: str | None = _doc("classification | regression (default: inferred from the target when the data is "
+                            "loaded)", default=None)
+    validation_split: float = _doc("fraction of the training data kept for validation (what the search sees)",
+                                   default=0.2)
+    test_split: float = _doc("fraction held out for testing, never searched on (mnist1d keeps its published "
+                             "4000/1000 split)", default=0.2)
+    split_seed: int = _doc("seeds the test and validation splits: the same for every sweep of the task, "
+                           "whatever search.seed", default=0)
 
     @property
     def dataset_is_hook(self) -> bool:
@@ -80,16 +102,22 @@ class Task:
 
 @dataclass(frozen=True)
 class Search:
-    trials: int = 20
-    concurrency: int = 2
-    sampler: str = "tpe"
-    seed: int = 0
-    retries: int = 2  # re-runs of a trial whose worker process or node died (never for errors it raised)
-    ladder: int = 0  # extra compression settings evaluated on each trained model ("train once, compress many")
-    early_stop: "EarlyStop | None" = None  # stop trials that cannot reach the front at their size
-    reject_infeasible: bool = True  # skip, untrained, configurations whose predicted size breaks a constraint
-    reproducible: bool = False  # ask in batches of `concurrency`, tell at batch ends: same rows at any timing
-    promote: Promote | None = None  # start configurations short, retrain the best for their size longer
+    trials: int = _doc("new configurations to train (promotions and ladder rungs come on top)", default=20)
+    concurrency: int = _doc("trials running at once", default=2)
+    sampler: str = _doc("Optuna's sampler: tpe | nsga2 | gp | random", default="tpe")
+    seed: int = _doc("seeds the sampler and, with the trial number, each trial", default=0)
+    retries: int = _doc("re-runs of a trial whose worker process or node died (never of errors it raised)",
+                        default=2)
+    ladder: int = _doc("extra compression settings evaluated on each trained model (train once, compress many)",
+                       default=0)
+    early_stop: "EarlyStop | None" = _doc("true, false or a mapping: stop trials that cannot reach the front at "
+                                          "their size", default=None)
+    reject_infeasible: bool = _doc("never train configurations whose predicted size surely breaks a constraint",
+                                   default=True)
+    reproducible: bool = _doc("ask in batches, tell at batch ends: the same rows at any concurrency and timing",
+                              default=False)
+    promote: Promote | None = _doc("train new configurations short, retrain the best for their size longer",
+                                   default=None)
 
 
 @dataclass(frozen=True)
@@ -98,34 +126,40 @@ class Promote:
     the configurations that finished a rung, the best ``keep`` fraction by nondominated rank
     are retrained from scratch at the next rung's budget."""
 
-    rungs: tuple[int, ...] = (1, 3)
-    keep: float = 1 / 3
+    rungs: tuple[int, ...] = _doc("at least 2 increasing epoch budgets, e.g. [5, 15, 45] (required)", default=(1, 3))
+    keep: float = _doc("the fraction of a rung's configurations retrained at the next rung (0 < keep < 1)",
+                       default=1 / 3)
 
 
 @dataclass(frozen=True)
 class EarlyStop:
-    grace_epochs: int = 2
-    eta: float = 3.0
-    min_peers: int = 4
+    grace_epochs: int = _doc("the first epoch at which trials are compared (then grace * eta, ...)", default=2)
+    eta: float = _doc("a trial is stopped when more than 1/eta of its peers were more accurate (eta > 1)",
+                      default=3.0)
+    min_peers: int = _doc("trials no larger than it (by predicted size) needed before one is stopped", default=4)
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = _doc("CPUs each trial asks Ray for; torch runs this many threads", default=1.0)
+    gpu: float = _doc("GPUs each trial asks Ray to reserve (fractions share one); no code moves a model to the "
+                      "GPU yet, so trials still train on the CPU", default=0.0)
 
 
 @dataclass(frozen=True)
 class Spec:
-    name: str
-    task: Task
-    objectives: tuple[Objective, ...]
-    space: tuple[tuple[str, Param], ...]
-    constraints: tuple[Bound, ...] = ()
+    name: str = _doc("1-64 letters, digits, - or _ (required)")
+    task: Task = _doc("the data, the model and the training budget (required)")
+    objectives: tuple[Objective, ...] = _doc("metric: max | min for each objective (default: accuracy or r2 max, "
+                                             "size_bytes min)")
+    space: tuple[tuple[str, Param], ...] = _doc("the hyperparameters, each fixed or a distribution")
+    constraints: tuple[Bound, ...] = _doc("metric: {min, max}; trials that break one never enter the front",
+                                          default=())
     #: One section per declared compression method (spaces._methods), in declaration order.
-    compress: tuple[Section, ...] = field(default_factory=default_sections)
-    search: Search = field(default_factory=Search)
-    resources: Resources = field(default_factory=Resources)
+    compress: tuple[Section, ...] = _doc("one section per compression method, applied prune -> declared methods "
+                                         "-> quantize", default_factory=default_sections)
+    search: Search = _doc("how the searcher runs", default_factory=Search)
+    resources: Resources = _doc("what each trial asks Ray for", default_factory=Resources)
     source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -182,7 +216,7 @@ class Spec:
             return self
         import dataclasses
 
-        from spaces._parse import _parse_objectives
+        from slimtune.spaces._parse import _parse_objectives
 
         return dataclasses.replace(self, objectives=_parse_objectives(None, kind))
 

@@ -41,11 +41,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import compress
-from compress import AffineQuantize, MagnitudePrune, StructuredPrune
-from compress._format3 import pack_header, read_header, varint
-from search.results.table import write_results
+from slimtune import compress
 from slimtune.cli import main
+from slimtune.compress import AffineQuantize, MagnitudePrune, StructuredPrune
+from slimtune.compress._format3 import pack_header, read_header, varint
+from slimtune.search.results.table import write_results
 from tests import user_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def _xz_block(payload: bytes) -> tuple[bytes, int, int]:
 def _xz(blocks: list[tuple[bytes, int, int]]) -> bytes:
     """A .xz stream (no check) of these blocks, with its index and footer (xz's multibyte
     integers are LEB128, the same varint as format 3's header)."""
-    from compress._format3 import varint
+    from slimtune.compress._format3 import varint
 
     header = b"\xfd7zXZ\x00\x00\x00" + struct.pack("<I", binascii.crc32(b"\x00\x00"))
     index = b"\x00" + varint(len(blocks)) + b"".join(varint(u) + varint(n) for _, u, n in blocks)

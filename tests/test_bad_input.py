@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-import search.driver.drive
+import slimtune.search.driver.drive as drive_module
 from slimtune.cli import main
 
 GOOD = {
@@ -88,7 +88,7 @@ def no_ray(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("Ray must not start on bad input")
 
-    monkeypatch.setattr(search.driver.drive, "init_ray", refuse)
+    monkeypatch.setattr(drive_module, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("case,edit,files,field", CASES, ids=[c[0] for c in CASES])

@@ -62,7 +62,7 @@ def test_handwritten_counts_its_bytes_and_rounds_to_its_grid():
 
 
 def test_search_example_gives_plain_tune_the_same_space():
-    from spaces import parse_spec
+    from slimtune.spaces import parse_spec
 
     bench = _script("search_example")
     raw = bench.slimtune_spec(seed=2, quick=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -21,9 +22,9 @@ import pytest
 import requests
 import yaml
 
-import cluster
-from search import load_results
+from slimtune import cluster
 from slimtune.cli import main
+from slimtune.search import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -91,6 +92,17 @@ def _wait(capsys, sweep_id: str, until=lambda st, text: st in TERMINAL, timeout:
         assert st not in TERMINAL, f"sweep ended ({st}) before the awaited state:\n{text}"
         time.sleep(1.0)
     raise AssertionError(f"sweep {sweep_id} still {st} after {timeout}s:\n{text}")
+
+
+def _wait_driver_gone(sweep_id: str, timeout: float = 60) -> None:
+    """Until the sweep's driver process (it runs on the head, this machine) has exited."""
+    record, jobs = cluster._jobs._find(sweep_id)
+    driver = jobs.get_job_info(record["job_id"]).driver_info
+    assert driver is not None, f"the cluster knows no driver of {sweep_id}"
+    deadline = time.monotonic() + timeout
+    while cluster._state.alive({"pid": int(driver.pid)}):
+        assert time.monotonic() < deadline, f"the driver of {sweep_id} (pid {driver.pid}) still runs"
+        time.sleep(0.2)
 
 
 def _nodes(head: dict) -> dict[str, dict]:
@@ -185,7 +197,7 @@ def test_kuberay_manifest_structure():
 # --- bad input (no cluster) -----------------------------------------------------------------------
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    from cluster._local import free_port
+    from slimtune.cluster._local import free_port
 
     monkeypatch.setenv("SLIMTUNE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -216,14 +228,16 @@ def test_cluster_is_light_and_only_the_cli_imports_it():
     import subprocess
     import sys
 
-    code = "import sys, cluster, slimtune.cli; print(','.join(m for m in ('ray', 'torch') if m in sys.modules))"
+    code = ("import sys, slimtune.cluster, slimtune.cli; "
+            "print(','.join(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip() == ""  # `slimtune cluster down` and `--help` never load Ray or torch
     for pkg in ("spaces", "compress", "search"):
         for f in (ROOT / pkg).rglob("*.py"):
             text = f.read_text()
-            assert "import cluster" not in text and "from cluster" not in text, f
+            imports_cluster = r"^\s*(import|from) (slimtune\.)?cluster\b|from slimtune import cluster"
+            assert not re.search(imports_cluster, text, re.M), f
 
 
 # --- a real cluster -------------------------------------------------------------------------------
@@ -293,7 +307,7 @@ def test_stop_ends_the_sweep_and_keeps_finished_trials(head, tmp_path, capsys):
     df = load_results(cluster.resolve_results_path(sweep_id))
     done = df[df["status"] == "ok"]
     assert 1 <= len(done) < 12 and done["accuracy"].between(0, 1).all()
-    time.sleep(3)  # nothing is written after the stop
+    _wait_driver_gone(sweep_id)  # the driver alone writes results: once it is gone, nothing more is written
     assert len(load_results(cluster.resolve_results_path(sweep_id))) == len(df)
     assert main(["list", "--format", "json"]) == 0
     rows = {r["id"]: r for r in json.loads(_out(capsys))}
@@ -326,7 +340,9 @@ def test_worker_node_dies_mid_sweep_and_the_sweep_finishes(head, tmp_path, capsy
     worker = head["workers"][0]
     os.kill(worker["pid"], signal.SIGKILL)  # the node crashes: its `ray start --block` and its Ray processes
     t_kill = time.monotonic()
+    deadline = time.monotonic() + 60
     while cluster._state.alive(worker):
+        assert time.monotonic() < deadline, "the killed worker node's process is still there"
         time.sleep(0.1)
     deadline = time.monotonic() + 60
     while _nodes(head)[worker_id]["state"] != "DEAD":

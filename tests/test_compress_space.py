@@ -9,10 +9,10 @@ from typing import Any
 import optuna
 import pytest
 
-import compress
-from search.driver.sweep import COMPRESS_PARAMS
-from search.trial import compression_configs
-from spaces import Choice, Fixed, IntRange, LogUniform, SpecError, parse_spec
+from slimtune import compress
+from slimtune.search.driver.sweep import COMPRESS_PARAMS
+from slimtune.search.trial import compression_configs
+from slimtune.spaces import Choice, Fixed, IntRange, LogUniform, SpecError, parse_spec
 
 MINIMAL: dict[str, Any] = {"name": "t", "task": {"dataset": "digits", "model": "mlp", "epochs": 1}}
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import yaml
 
-import compress
-from search import load_results
-from search.driver.sweep import COMPRESS_PARAMS
+from slimtune import compress
 from slimtune.cli import main
+from slimtune.search import load_results
+from slimtune.search.driver.sweep import COMPRESS_PARAMS
 
 
 def test_structured_pruning_and_qat_sweep(ray_session, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import load_data
-from spaces import Fixed, SpecError, Task
+from slimtune.search import load_data
+from slimtune.spaces import Fixed, SpecError, Task
 
 N_DIGITS = 1797
 

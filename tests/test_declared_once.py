@@ -17,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-import compress
-from search import load_results, pareto_front
-from search.results.rows import param_names
+from slimtune import compress
 from slimtune.cli import main
-from spaces import METHODS, METRIC_TABLE, METRICS, Key, MethodKeys, Metric, SpecError, declare, parse_spec
+from slimtune.search import load_results, pareto_front
+from slimtune.search.results.rows import param_names
+from slimtune.spaces import METHODS, METRIC_TABLE, METRICS, Key, MethodKeys, Metric, SpecError, declare, parse_spec
 
 ROUND = MethodKeys("round", (Key("step", "float", None, low=0, low_open=True, column="round_step", field="step"),),
                    config="tests.user_methods:RoundWeights", doc="round weights to a multiple of step")
@@ -119,7 +119,7 @@ def test_a_sweep_with_the_toy_method_and_metric(declared, ray_session, tmp_path:
 def test_the_bits_rule_of_the_declaration_is_the_one_compress_enforces():
     """compress may not import spaces (a standalone library), so AffineQuantize checks bits
     itself; the declaration must accept exactly the widths compress quantizes to, and 32."""
-    from spaces import QUANTIZE
+    from slimtune.spaces import QUANTIZE
 
     bits = QUANTIZE.key("bits")
     for b in range(40):

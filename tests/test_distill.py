@@ -17,15 +17,15 @@ import torch
 import yaml
 from torch import nn
 
-import compress
-from search import load_results
-from search.driver.place import ArtifactSink
-from search.searcher.teacher import best_teacher, distils
-from search.task.data import Data
-from search.task.train import Distill, Fit, distill_of, train
-from search.trial import TrialSetup, read_artifact, store_artifact
+from slimtune import compress
 from slimtune.cli import main
-from spaces import SpecError, parse_spec
+from slimtune.search import load_results
+from slimtune.search.driver.place import ArtifactSink
+from slimtune.search.searcher.teacher import best_teacher, distils
+from slimtune.search.task.data import Data
+from slimtune.search.task.train import Distill, Fit, distill_of, train
+from slimtune.search.trial import TrialSetup, read_artifact, store_artifact
+from slimtune.spaces import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,8 +180,8 @@ def test_a_trial_reads_its_teacher_back_and_distils_from_it(tmp_path):
     """Without Ray: trial 0 offers its dense model; trial 1 (same training) reads it back from the
     folder and distils its fine-tuning and QAT from it: a different compressed model than with
     weight 0, which is exactly the model trained from the labels alone."""
-    from search.task.data import load_data
-    from search.trial import run_trial
+    from slimtune.search.task.data import load_data
+    from slimtune.search.trial import run_trial
 
     data = load_data(parse_spec(spec("unit", None)).task)
     setup = TrialSetup(out_dir=str(tmp_path), model="mlp", kind=data.kind)

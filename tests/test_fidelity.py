@@ -11,9 +11,9 @@ import optuna
 import pytest
 import yaml
 
-from search.searcher.promote import Promotion
-from search.task.train import Fit, Schedule
-from spaces import SpecError, parse_spec
+from slimtune.search.searcher.promote import Promotion
+from slimtune.search.task.train import Fit, Schedule
+from slimtune.spaces import SpecError, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,38 +62,44 @@ def test_schedule_keys_are_space_parameters_with_defaults_and_can_be_searched():
 
 
 def test_the_trial_trains_with_the_configured_schedule():
-    from search.trial import schedule_of
+    from slimtune.search.trial import schedule_of
 
     assert schedule_of({"lr": 1e-3}) == Schedule()
     assert schedule_of({"lr_schedule": "wsd", "warmup": 0.0, "decay": 0.5}) == Schedule("wsd", 0.0, 0.5)
 
 
-def test_train_applies_the_schedule_to_each_step(monkeypatch):
-    """The rate Adam steps with, read at each step: ``lr * factor(step, total)`` over all epochs."""
+def test_train_applies_the_schedule_to_each_step():
+    """The rate each step moves the weights by: ``lr * factor(step, total)`` over all epochs.
+
+    The probe's outputs do not depend on its one weight, yet its gradient is 0.5 at every step
+    (all labels 1 of 2 classes, straight through): Adam then moves it by exactly the step's rate."""
     import numpy as np
     import torch
 
-    from search.task.data import Data
-    from search.task.train import train
+    from slimtune.search.task.data import Data
+    from slimtune.search.task.train import train
 
-    seen: list[float] = []
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
 
-    class Recording(torch.optim.Adam):
-        def step(self, closure=None):
-            seen.append(self.param_groups[0]["lr"])
-            return super().step(closure)
+        def forward(self, x):
+            return torch.zeros(len(x), 2) + (self.w - self.w.detach()) * torch.tensor([1.0, 0.0])
 
-    monkeypatch.setattr(torch.optim, "Adam", Recording)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 4)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
+    def rates(fit: Fit) -> list[float]:
+        weights = [0.0]
+        train(Probe(), data, fit, after_step=lambda m: weights.append(m.w.detach().item()))
+        return [before - after for before, after in itertools.pairwise(weights)]
+
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = np.ones(40, dtype=np.int64)
     data = Data(x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y, kind="classification", n_outputs=2)
     s = Schedule("wsd", warmup=0.1, decay=0.3)
-    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s))  # 3 steps an epoch
-    assert seen == pytest.approx([0.1 * s.factor(t, 30) for t in range(30)])
-    seen.clear()
-    train(torch.nn.Linear(4, 2), data, Fit(lr=0.1, batch_size=16, epochs=2, seed=0))
-    assert seen == [0.1] * 6
+    got = rates(Fit(lr=0.1, batch_size=16, epochs=10, seed=0, schedule=s))  # 3 steps an epoch
+    assert got == pytest.approx([0.1 * s.factor(t, 30) for t in range(30)], rel=1e-5)
+    assert len(set(got)) > 2, "the schedule must change the rate"
+    assert rates(Fit(lr=0.1, batch_size=16, epochs=2, seed=0)) == pytest.approx([0.1] * 6, rel=1e-5)
 
 
 @pytest.mark.parametrize("space, message", [
@@ -217,7 +223,7 @@ def check_promotions(study: optuna.Study, spec) -> None:
 
 @pytest.mark.parametrize("reproducible", [False, True])
 def test_the_searcher_promotes_as_new_trials(reproducible):
-    from search.searcher.study_searcher import SlimSearcher
+    from slimtune.search.searcher.study_searcher import SlimSearcher
 
     spec = parse_spec(promo_spec(reproducible=reproducible))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
@@ -229,7 +235,7 @@ def test_the_searcher_promotes_as_new_trials(reproducible):
 def test_reproducible_mode_promotes_at_batch_boundaries_whatever_the_order_trials_end():
     """Reproducible mode: the same trials, parameters and promotions however a batch's trials
     end (here: in order, and in reverse), since promotion waits for the batch boundary."""
-    from search.searcher.study_searcher import SlimSearcher
+    from slimtune.search.searcher.study_searcher import SlimSearcher
 
     spec = parse_spec(promo_spec(reproducible=True, trials=9))
 
@@ -259,8 +265,8 @@ def test_reproducible_mode_promotes_at_batch_boundaries_whatever_the_order_trial
 def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
     """The study is the promotion's record: kill after each suggestion in turn, resume as
     ``slimtune resume`` does (running trials failed, rerun with their attributes), finish."""
-    from search.searcher.promote import promotion_attrs, promotions_left
-    from search.searcher.study_searcher import SlimSearcher
+    from slimtune.search.searcher.promote import promotion_attrs, promotions_left
+    from slimtune.search.searcher.study_searcher import SlimSearcher
 
     spec = parse_spec(promo_spec())
     for kill_at in range(1, 9):
@@ -285,8 +291,8 @@ def test_a_killed_searcher_resumes_without_losing_or_doubling_a_promotion():
 
 @pytest.mark.slow
 def test_a_digits_sweep_promotes_the_front_to_the_longer_budget(ray_session, tmp_path):
-    from search import load_results
     from slimtune.cli import main
+    from slimtune.search import load_results
 
     s = promo_spec()
     s["space"]["lr_schedule"] = "wsd"
@@ -319,8 +325,8 @@ def test_a_killed_promoting_sweep_resumes_with_each_promotion_once(ray_session, 
     import subprocess
     import sys
 
-    from search import load_results
     from slimtune.cli import main
+    from slimtune.search import load_results
     from tests.test_resume import ROOT, _wait_rows
 
     s = promo_spec()
@@ -349,8 +355,8 @@ def test_a_killed_promoting_sweep_resumes_with_each_promotion_once(ray_session, 
 def test_a_reproducible_promoting_sweep_gives_the_same_rows_at_concurrency_1_and_2(ray_session, tmp_path):
     import pandas as pd
 
-    from search import load_results
     from slimtune.cli import main
+    from slimtune.search import load_results
     from tests.test_reproducible import VARYING
 
     frames = []

@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from search import load_results, pareto_front
-from search.present.report import param_importances
-from search.results.table import was_trained
 from slimtune.cli import main
+from slimtune.search import load_results, pareto_front
+from slimtune.search.present.report import param_importances
+from slimtune.search.results.table import was_trained
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
 

@@ -8,12 +8,12 @@ import optuna
 import pytest
 import yaml
 
-from search import load_data, load_results
-from search.searcher.ladder import POOL, aim, front_sizes, propose
-from search.searcher.size_prediction import predict
-from search.trial import ladder_configs
 from slimtune.cli import main
-from spaces import parse_spec
+from slimtune.search import load_data, load_results
+from slimtune.search.searcher.ladder import POOL, aim, front_sizes, propose
+from slimtune.search.searcher.size_prediction import predict
+from slimtune.search.trial import ladder_configs
+from slimtune.spaces import parse_spec
 
 
 def spec_dict(name: str = "ladder-aim", **search) -> dict:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import compress
-from search import load_results
-from search.task.data import load_data
-from search.trial import TrialSetup, run_trial
+from slimtune import compress
 from slimtune.cli import main
-from spaces import parse_spec
+from slimtune.search import load_results
+from slimtune.search.task.data import load_data
+from slimtune.search.trial import TrialSetup, run_trial
+from slimtune.spaces import parse_spec
 
 
 def _stored(artifact: Path) -> str:

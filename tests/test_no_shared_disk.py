@@ -7,7 +7,8 @@ a tmpfs over ``/tmp``, ``/dev/shm`` and the per-user state (``~/.slimtune``, ``~
 temp folder, ``$SLIMTUNE_HOME`` and every storage folder of these tests live under ``/tmp``, so
 nothing the worker writes reaches the head except through Ray or the object store (a real S3 API,
 ``moto_server`` on loopback). The interpreter, the venv and the project stay visible, as
-installed software would be. Credentials reach each node through its own environment, never
+installed software would be, wherever they live: those under a hidden folder (a clone under ``/tmp``)
+are bound back at the same paths over the worker's tmpfs. Credentials reach each node through its own environment, never
 through a job's ``runtime_env``.
 
 Where mount namespaces are not permitted these tests fail (the worker does not start); they never
@@ -17,12 +18,14 @@ the CLI and the Jobs API.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import secrets
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -35,12 +38,12 @@ import pytest
 import requests
 import yaml
 
-import cluster
-from cluster import _local, _state
-from search import load_results
-from search.storage import Storage
+from slimtune import cluster
 from slimtune.cli import main
-from spaces import SpecError
+from slimtune.cluster import _local, _state
+from slimtune.search import load_results
+from slimtune.search.storage import Storage
+from slimtune.spaces import SpecError
 from tests.test_cluster import _nodes, _spec, _status, _submit, _wait
 from tests.test_storage import free_port, start_moto, stop
 
@@ -54,12 +57,41 @@ WORKER_SH = r'''
 set -e
 token=$(cat "$ST_TOKEN_FILE")          # read before /tmp is hidden: "copied to the second machine"
 unset ST_TOKEN_FILE
+# Installed software under a hidden folder: opened now, bound back at the same path over the tmpfs
+# (through the open folder: its path leads into the tmpfs by then).
+keep=() fds=()
+while IFS= read -r k; do [ -n "$k" ] || continue; exec {fd}<"$k"; keep+=("$k"); fds+=("$fd"); done <<< "$ST_KEEP"
+unset ST_KEEP
 for d in "$@"; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+for i in "${!keep[@]}"; do
+    mkdir -p "${keep[$i]}"
+    mount --no-canonicalize --bind "/proc/self/fd/${fds[$i]}" "${keep[$i]}"
+    fd=${fds[$i]}; exec {fd}<&-
+done
 (umask 077; printf %s "$token" > "$HOME/.ray/auth_token")
 exec "$ST_RAY" start --block --address="$ST_GCS" --num-cpus=1 --node-ip-address=127.0.0.1 \
     --temp-dir=/tmp/ray-worker --dashboard-agent-listen-port="$ST_AGENT_PORT" --disable-usage-stats \
     --object-store-memory=$((100 * 1024 * 1024))
 '''
+
+
+def installed_software(hidden: list[str]) -> list[str]:
+    """What the worker node must still see under the ``hidden`` folders: the interpreter, the venv,
+    the project and the folders its packages import from (realpaths, none inside another)."""
+    import slimtune
+
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(ROOT), *site.getsitepackages(),
+             *slimtune.__path__}
+    for layer in ("spaces", "compress", "search", "cluster"):
+        found.update(importlib.import_module(f"slimtune.{layer}").__path__)
+    tops = [os.path.realpath(d) for d in hidden]
+    under = sorted(p for p in map(os.path.realpath, found)
+                   if os.path.isdir(p) and any(p.startswith(top.rstrip("/") + "/") for top in tops))
+    keep: list[str] = []
+    for p in under:  # sorted: a folder comes before what it holds
+        if not any(p.startswith(k + "/") for k in keep):
+            keep.append(p)
+    return keep
 
 
 def _mnt_ns(pid: int) -> str | None:
@@ -144,6 +176,16 @@ def test_storage_uri_from_cluster_up_to_submit_to_results(s3_env, tmp_path, monk
         assert not f.is_file() or PLANTED.encode() not in f.read_bytes(), f
 
 
+def test_the_worker_keeps_the_installed_software_wherever_it_lives(tmp_path):
+    """A clone under a hidden folder (say /tmp): its project, venv and packages are bound back, once each."""
+    top = str(ROOT.resolve().parent)
+    keep = installed_software([top, str(tmp_path)])
+    assert str(ROOT.resolve()) in keep, keep
+    assert all(k.startswith(top + "/") for k in keep if not k.startswith(str(tmp_path))), keep
+    assert not [(a, b) for a in keep for b in keep if b.startswith(a + "/")], f"one folder inside another: {keep}"
+    assert installed_software([str(tmp_path)]) == [], "nothing of the installation is in a fresh folder"
+
+
 class TwoNodes:
     """The head record of ``cluster up``, the worker node process, and the test's folders under /tmp."""
 
@@ -161,6 +203,7 @@ class TwoNodes:
                     "ST_TOKEN_FILE": self.head["token"]["path"], "ST_RAY": _local.ray_executable(),
                     "ST_GCS": self.head["gcs_address"], "ST_AGENT_PORT": str(_local.free_port())})
         hidden = [os.path.expanduser(d) for d in HIDDEN]
+        env["ST_KEEP"] = "\n".join(installed_software(hidden))
         log = self.base / "logs" / f"worker-{secrets.token_hex(2)}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -291,7 +334,8 @@ def test_the_worker_node_sees_none_of_the_heads_files(two_nodes, tmp_path):
     marker = two_nodes.base / "written-by-the-test"
     marker.write_text("only the head's disk has this")
     token = two_nodes.head["token"]["path"]
-    visible = [sys.executable, str(ROOT / "search" / "__init__.py"), str(Path(sys.executable).parent / "ray")]
+    visible = [sys.executable, str(ROOT / "search" / "__init__.py"), str(Path(sys.executable).parent / "ray"),
+               *site.getsitepackages()]
     hidden = [str(marker), token, two_nodes.head["temp_dir"], os.path.expanduser(f"~/.ray/{marker.name}")]
     Path(os.path.expanduser("~/.ray")).mkdir(exist_ok=True)
     Path(os.path.expanduser(f"~/.ray/{marker.name}")).write_text("x")  # removed below
@@ -341,7 +385,7 @@ def _check_sweep(sweep_id: str, text: str, spec: Path, budget: int, nodes: TwoNo
     """SUCCEEDED; every trial ok; both nodes ran some; every artifact stored whole and loadable."""
     import torch
 
-    import compress
+    from slimtune import compress
 
     assert text.splitlines()[0] == f"{sweep_id}: SUCCEEDED", text
     out = cluster.resolve_results_path(sweep_id)  # what `slimtune results <id>` reads, from the client
@@ -534,7 +578,7 @@ def test_worker_node_killed_mid_sweep_with_s3_storage(two_nodes, tmp_path, capsy
         assert after.loc[row["trial_number"], "trial_id"] == row["trial_id"]
         assert after.loc[row["trial_number"], "size_bytes"] == row["size_bytes"]
     store = Storage.open(out)
-    import compress
+    from slimtune import compress
 
     builders = _builders(spec)
     for _, row in df.iterrows():

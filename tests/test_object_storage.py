@@ -25,9 +25,9 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from search import load_results
-from search.storage import Storage
 from slimtune.cli import main
+from slimtune.search import load_results
+from slimtune.search.storage import Storage
 from tests.test_resume import _wait_rows
 from tests.test_storage import BUCKET, PLANTED, s3_endpoint  # noqa: F401 - the module's moto_server fixture
 
@@ -83,7 +83,7 @@ def study_of(store: Storage, name: str, tmp: Path) -> optuna.Study:
 
 @pytest.mark.slow
 def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(tmp_path, capsys):
-    import compress
+    from slimtune import compress
 
     uri = f"s3://{BUCKET}/sweeps/run1"
     cwd = tmp_path / "cwd"
@@ -118,12 +118,12 @@ def test_sweep_to_s3_writes_nothing_locally_and_reads_back_from_the_uri(tmp_path
     # every reader takes the URI
     first = df.iloc[0]
     model = compress.load(store.read_bytes(first["artifact"]))
-    from search import load_model
+    from slimtune.search import load_model
 
     again = load_model(uri, int(first["trial_number"]))
     x = __import__("torch").randn(4, 64)
     assert (model(x) == again(x)).all()
-    from cluster._jobs import progress
+    from slimtune.cluster._jobs import progress
 
     assert progress(uri).finished == 3  # `slimtune status <id>` of a sweep recorded at a URI
     capsys.readouterr()
@@ -264,9 +264,9 @@ def test_sweep_to_a_missing_bucket_is_refused_before_ray_starts(tmp_path, monkey
 def test_run_trial_stores_its_artifact_at_the_uri():
     """Without Ray: the trial function writes its artifact through the seam, and the row's
     size_bytes is the stored object's length."""
-    from search.task.data import load_data
-    from search.trial import TrialSetup, run_trial
-    from spaces import parse_spec
+    from slimtune.search.task.data import load_data
+    from slimtune.search.trial import TrialSetup, run_trial
+    from slimtune.spaces import parse_spec
 
     s = parse_spec(spec("direct", 1))
     data = load_data(s.task, 0)
@@ -277,7 +277,7 @@ def test_run_trial_stores_its_artifact_at_the_uri():
     store = Storage.open(uri)
     assert final["artifact"] == "artifacts/local-0.slim"
     assert store.size(final["artifact"]) == final["size_bytes"]
-    import compress
+    from slimtune import compress
 
     assert compress.count_params(compress.load(io.BytesIO(store.read_bytes(final["artifact"]))))[0] > 0
 
@@ -285,9 +285,9 @@ def test_run_trial_stores_its_artifact_at_the_uri():
 def test_a_trial_at_a_uri_stores_its_teacher_there_and_the_next_reads_it_back():
     """Without Ray: a distilling trial writes its dense model to the URI itself; a later trial
     reads it back from there (no node's disk involved) and distils from it."""
-    from search.task.data import load_data
-    from search.trial import TrialSetup, run_trial
-    from spaces import parse_spec
+    from slimtune.search.task.data import load_data
+    from slimtune.search.trial import TrialSetup, run_trial
+    from slimtune.spaces import parse_spec
 
     data = load_data(parse_spec(spec("teach", 1)).task, 0)
     uri = f"s3://{BUCKET}/teach"

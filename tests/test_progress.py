@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from search import format_progress, progress
-from search.driver.progress import Reporter, size_budgets
+from slimtune.search import format_progress, progress
+from slimtune.search.driver.progress import Reporter, size_budgets
 
 OBJ = {"accuracy": "max", "size_bytes": "min"}
 

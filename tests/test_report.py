@@ -22,12 +22,20 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import compress
-from search import export_trial, hypervolume, load_exported, load_results, pareto_front, plot_sweep, write_report
-from search.present.plot import hypervolume_curve
-from search.present.report import param_importances
-from search.results.table import write_results
+from slimtune import compress
 from slimtune.cli import commands, main
+from slimtune.search import (
+    export_trial,
+    hypervolume,
+    load_exported,
+    load_results,
+    pareto_front,
+    plot_sweep,
+    write_report,
+)
+from slimtune.search.present.plot import hypervolume_curve
+from slimtune.search.present.report import param_importances
+from slimtune.search.results.table import write_results
 from tests.test_sweep import digits_spec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -26,12 +26,12 @@ import pytest
 import yaml
 from torch import nn
 
-import compress
-from search import evaluate, load_data, load_results, prepare, resume_sweep, run_sweep
-from search.searcher.observe import warm_start
-from search.task.data import sweep_split_seed
-from search.trial import TrialSetup, run_trial
-from spaces import SpecError, parse_spec
+from slimtune import compress
+from slimtune.search import evaluate, load_data, load_results, prepare, resume_sweep, run_sweep
+from slimtune.search.searcher.observe import warm_start
+from slimtune.search.task.data import sweep_split_seed
+from slimtune.search.trial import TrialSetup, run_trial
+from slimtune.spaces import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_v1"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from search import load_results
 from slimtune.cli import main
-from spaces import SpecError, parse_spec
+from slimtune.search import load_results
+from slimtune.spaces import SpecError, parse_spec
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
 
@@ -74,7 +74,7 @@ def test_a_batch_is_asked_whole_and_told_at_its_end_in_trial_number_order():
     more suggestions, and its outcomes reach the study only once all of it has ended."""
     import optuna
 
-    from search.searcher.study_searcher import SlimSearcher
+    from slimtune.search.searcher.study_searcher import SlimSearcher
 
     s = digits_like("batch")
     s["search"].update(trials=5, early_stop=False, ladder=0)
@@ -99,7 +99,7 @@ def test_a_batch_is_asked_whole_and_told_at_its_end_in_trial_number_order():
 
 
 def test_deferred_halving_compares_only_with_committed_batches():
-    from search.searcher.early_stop import ParetoHalving
+    from slimtune.search.searcher.early_stop import ParetoHalving
 
     rule = ParetoHalving("accuracy", grace=1, eta=2, min_peers=1, deferred=True)
     assert not rule.decide("a", 1, 100, 0.9)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from search import load_results
 from slimtune.cli import main
+from slimtune.search import load_results
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
 
@@ -155,11 +155,13 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_session, tmp_pat
 
     def killer() -> None:
         deadline = time.monotonic() + 120
-        while not (marker / "pid").exists() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # until the trial has written its whole pid
+            pid = (marker / "pid").read_text().strip() if (marker / "pid").is_file() else ""
+            if pid.isdigit():
+                (marker / "killed").write_text("yes")
+                os.kill(int(pid), signal.SIGKILL)
+                return
             time.sleep(0.2)
-        pid = int((marker / "pid").read_text())
-        (marker / "killed").write_text("yes")
-        os.kill(pid, signal.SIGKILL)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
@@ -175,8 +177,8 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_session, tmp_pat
 def test_lock_is_exclusive_and_recovers_from_a_dead_holder(tmp_path):
     import json
 
-    from search.driver.sweep import SweepLock
-    from spaces import SpecError
+    from slimtune.search.driver.sweep import SweepLock
+    from slimtune.spaces import SpecError
 
     with SweepLock(tmp_path):
         with pytest.raises(SpecError, match="out: must not be in use"):
@@ -192,7 +194,7 @@ def test_lock_is_exclusive_and_recovers_from_a_dead_holder(tmp_path):
 
 
 def test_atomic_write_leaves_old_or_new(tmp_path, monkeypatch):
-    from search.results.table import write_atomic
+    from slimtune.search.results.table import write_atomic
 
     target = tmp_path / "results.parquet"
     write_atomic(target, b"old")

@@ -9,11 +9,11 @@ import optuna
 import pytest
 import yaml
 
-from search import load_data, load_results
-from search.searcher.early_stop import ParetoHalving
-from search.searcher.size_prediction import predict, surely_infeasible
 from slimtune.cli import main
-from spaces import parse_spec
+from slimtune.search import load_data, load_results
+from slimtune.search.searcher.early_stop import ParetoHalving
+from slimtune.search.searcher.size_prediction import predict, surely_infeasible
+from slimtune.spaces import parse_spec
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
 
@@ -114,7 +114,7 @@ def test_warm_start_enqueues_the_earlier_front_and_observes_its_trials(ray_sessi
     s = spec_dict("warm-a", trials=3)
     s["space"]["lr"] = {"log_uniform": [1e-3, 3e-2]}
     assert main(["sweep", str(write(tmp_path, s)), "--out", str(a), "--quiet"]) == 0
-    from search import pareto_front
+    from slimtune.search import pareto_front
 
     earlier = load_results(a)
     front = pareto_front(earlier)

@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 import pytest
 
-import spaces
-from spaces import Bound, Choice, Fixed, IntRange, LogUniform, SpecError, Uniform, load_spec, parse_spec
+from slimtune import spaces
+from slimtune.spaces import Bound, Choice, Fixed, IntRange, LogUniform, SpecError, Uniform, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -431,11 +431,11 @@ def _loaded_after(module: str, candidates: tuple[str, ...]) -> list[str]:
 
 
 def test_import_spaces_is_lean():
-    assert _loaded_after("spaces", ("torch", "ray", "optuna")) == []
+    assert _loaded_after("slimtune.spaces", ("torch", "ray", "optuna")) == []
 
 
 def test_import_compress_never_loads_ray_optuna_pandas():
-    assert _loaded_after("compress", ("ray", "optuna", "pandas")) == []
+    assert _loaded_after("slimtune.compress", ("ray", "optuna", "pandas")) == []
 
 
 def test_mixed_precision_keys_are_drawn_only_when_quantized_and_set():

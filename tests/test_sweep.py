@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import compress
-from search import load_results, pareto_front
+from slimtune import compress
 from slimtune.cli import main
+from slimtune.search import load_results, pareto_front
 
 pytestmark = pytest.mark.ray_compat  # also run on the oldest Ray in CI (.ci/run)
 
@@ -181,7 +181,7 @@ def test_csv_regression_sweep(ray_session, tmp_path, seed_offset):
     assert df["r2"].min() > 0.8 and df["test_r2"].notna().all()
     assert df["accuracy"].isna().all()
     # the training statistics travel with an export: predict on the raw CSV gives prices
-    from search import export_trial, predict_csv
+    from slimtune.search import export_trial, predict_csv
 
     model = export_trial(out, int(df["trial_number"].iloc[0]), "onnx", tmp_path / "house.onnx")
     pred = predict_csv(model, tmp_path / "house.csv")["prediction"].to_numpy()

@@ -35,5 +35,30 @@ def test_good_settings_reach_the_tests() -> None:
     assert "slimtune: seed offset 3, torch threads 1" in got.stdout
 
 
-def test_seed_offset_fixture_defaults_to_the_environment(seed_offset: int) -> None:
-    assert seed_offset == int(os.environ.get("SLIMTUNE_TEST_SEED_OFFSET") or 0)
+CHILD_TEST = """
+import torch
+
+
+def test_what_an_ml_test_sees(seed_offset):
+    print(f"SEEN seeds={list(range(seed_offset, seed_offset + 3))} threads={torch.get_num_threads()}")
+"""
+
+
+@pytest.mark.parametrize("env, seeds, threads", [
+    ({}, [0, 1, 2], None),
+    ({"SLIMTUNE_TEST_SEED_OFFSET": "3", "SLIMTUNE_TEST_THREADS": "3"}, [3, 4, 5], 3),
+])
+def test_the_settings_reach_a_test_through_its_fixture(tmp_path: Path, env: dict, seeds: list, threads) -> None:
+    """A test run under the suite's conftest sees the offset in its ``seed_offset`` fixture (0 unset)
+    and runs at the torch thread count asked for."""
+    (tmp_path / "test_child.py").write_text(CHILD_TEST)
+    base = {k: v for k, v in os.environ.items() if k not in ("SLIMTUNE_TEST_SEED_OFFSET", "SLIMTUNE_TEST_THREADS")}
+    got = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                          "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path)],
+                         cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120, check=False)
+    assert got.returncode == 0, got.stdout + got.stderr
+    seen = [ln for ln in got.stdout.splitlines() if ln.startswith("SEEN ")]
+    assert len(seen) == 1, got.stdout
+    assert f"seeds={seeds}" in seen[0], seen
+    if threads is not None:
+        assert f"threads={threads}" in seen[0], seen

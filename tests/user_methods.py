@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import compress
+from slimtune import compress
 
 
 @dataclass(frozen=True)

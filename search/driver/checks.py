@@ -3,14 +3,15 @@ the data, the task kind, the model hook) is a :class:`spaces.SpecError` (exit 2)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from search.results.table import RESULTS, STUDY, SWEEP
-from search.storage import Storage
-from search.task.data import Data, importable, load_data
-from search.trial import TrialSetup
-from spaces import TASK_METRIC, Spec, SpecError, require_search
+from slimtune.search.results.table import RESULTS, STUDY, SWEEP
+from slimtune.search.storage import Storage
+from slimtune.search.task.data import Data, check_hooks_resolve, check_no_shadow, importable, load_data
+from slimtune.search.trial import TrialSetup
+from slimtune.spaces import TASK_METRIC, Spec, SpecError, require_search
 
 
 def check_task(spec: Spec, data: Data) -> None:
@@ -21,8 +22,8 @@ def check_task(spec: Spec, data: Data) -> None:
                             f"use {want}")
     # Build the model of the spec's first configuration once, so a model hook that does not
     # import, or returns something that is not an nn.Module, is a bad spec (exit 2), not N failed trials.
-    import compress
-    from search.trial import model_recipe
+    from slimtune import compress
+    from slimtune.search.trial import model_recipe
 
     cfg = {**spec.sample(_FirstValues()), "seed": 0, "trial_number": 0}
     setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
@@ -80,6 +81,10 @@ def prepare(spec: Spec, out: str | Path | Storage, base_dir: str | Path | None =
         raise SpecError("out", "must not already hold a sweep", where,
                         f"choose another folder, or: slimtune resume {where} / slimtune extend {where} --trials N")
     require_search(spec)
+    check_no_shadow(os.getcwd(), base_dir)
+    hooks = [("task.dataset", spec.task.dataset)] if spec.task.dataset_is_hook else []
+    hooks += [("task.model", spec.task.model)] if spec.task.model_is_hook else []
+    check_hooks_resolve(hooks, base_dir)
     importable(base_dir)
     data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)
     check_task(spec.for_kind(data.kind), data)

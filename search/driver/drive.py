@@ -6,15 +6,20 @@ callback (:class:`~search.driver.writer.ResultsWriter`) share the sweep's
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from search.driver.place import SweepPlace, artifact_sink, aws_keys_hidden
-from search.driver.signals import INTERRUPTED, catch_sigint, raise_if_interrupted, restore_sigint
-from search.results.record import Record
-from search.task.data import Data, importable
-from search.trial import TrialSetup, run_trial
-from spaces import Spec
+from slimtune.search.driver.place import SweepPlace, artifact_sink, aws_keys_hidden
+from slimtune.search.driver.signals import INTERRUPTED, catch_sigint, raise_if_interrupted, restore_sigint
+from slimtune.search.driver.terminal import debug, one_line, quiet_ray, quiet_worker
+from slimtune.search.results.record import Record
+from slimtune.search.task.data import Data, importable
+from slimtune.search.trial import TrialSetup, run_trial
+from slimtune.spaces import Spec
+
+#: The end of a failed trial's traceback that its report carries (the whole of any usual one).
+TRACEBACK_CHARS = 100_000
 
 
 def make_sampler(spec: Spec, seed_offset: int = 0):
@@ -39,24 +44,33 @@ def directions(spec: Spec) -> list[str]:
     return ["maximize" if m == "max" else "minimize" for m in spec.modes]
 
 
-def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup) -> None:
+def _trainable(config: dict[str, Any], data: Data, setup: TrialSetup, debug: bool = False) -> None:
     """Run one trial; an exception from the trial itself is reported as a failed result.
 
     Errors raised by the trial (user code, diverged training, out of memory) are
     deterministic for its configuration, so they are recorded and never retried. Only
     failures Ray sees itself (the worker process or its node dies) reach Ray's
     ``FailureConfig(max_failures=search.retries)`` and are retried.
+
+    The report carries the error on one line and the whole traceback, which the driver keeps
+    in the sweep folder (``errors/trial-<n>.txt``); with ``debug`` (``SLIMTUNE_DEBUG``) the
+    worker also prints it, and Ray forwards it to the driver's stderr.
     """
     import traceback
 
     from ray import tune
 
+    if not debug:
+        quiet_worker()
     try:
         importable(setup.code_dir)
         run_trial(config, data, setup)
     except Exception as exc:
-        traceback.print_exc()  # the whole traceback goes to the trial's log
-        tune.report({"phase": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        text = traceback.format_exc()
+        if debug:
+            print(text, file=sys.stderr, end="", flush=True)
+        tune.report({"phase": "failed", "error": one_line(f"{type(exc).__name__}: {exc}")[:2000],
+                     "traceback": text[-TRACEBACK_CHARS:]})
 
 
 def init_ray(address: str | None) -> bool:
@@ -65,10 +79,6 @@ def init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    # Worker output reaches the driver's stderr with a "(_trainable pid=...)" prefix that Ray
-    # colours with ANSI codes even when stderr is a file; RAY_COLOR_PREFIX=0 (Ray's documented
-    # switch, read by the driver as it prints) keeps the prefix and drops the colour.
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     kwargs: dict[str, Any] = dict(logging_level="ERROR", configure_logging=True)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # an existing cluster (also: the driver of a Ray job, which has RAY_ADDRESS set)
@@ -105,8 +115,9 @@ def drive(session: Session, record: Record) -> None:
     # Per-epoch reports carry validation curves, not the objectives (only the final one
     # does); the searcher reads the objectives from the last report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # slimtune prints its own progress; Ray Tune's (verbose=0) legacy reporter prints nothing.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # slimtune prints its own progress, one line per trial: what Ray and Tune print besides
+    # (before Ray is imported, where this process had not: it reads RAY_DEDUP_LOGS then).
+    quiet_ray()
     # Ctrl-C stops the driver at once (KeyboardInterrupt), as if it were killed: Tune's own
     # handler would end the run "gracefully" and tell our callbacks that running trials
     # completed. The study keeps them RUNNING, so `slimtune resume` reruns them.
@@ -133,16 +144,16 @@ def _tuner(session: Session, record: Record, sink):
     import optuna
     from ray import tune
 
-    from search.driver.writer import ResultsWriter
-    from search.searcher.early_stop import ray_scheduler
-    from search.searcher.study_searcher import SlimSearcher
+    from slimtune.search.driver.writer import ResultsWriter
+    from slimtune.search.searcher.early_stop import ray_scheduler
+    from slimtune.search.searcher.study_searcher import SlimSearcher
 
     spec, place = session.spec, session.place
     setup = TrialSetup(out_dir=place.storage.uri, model=spec.task.model, kind=session.data.kind,
                        threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder,
                        code_dir=session.code_dir, sink=sink)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=session.data, setup=setup),
+        tune.with_parameters(_trainable, data=session.data, setup=setup, debug=debug()),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     study = optuna.create_study(storage=place.study_storage(), study_name=spec.name, load_if_exists=True,

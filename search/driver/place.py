@@ -18,9 +18,9 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from search.lease import Lease
-from search.results.table import STUDY, write_results
-from search.storage import AWS_KEY_VARS, Storage
+from slimtune.search.lease import Lease
+from slimtune.search.results.table import STUDY, write_results
+from slimtune.search.storage import AWS_KEY_VARS, Storage
 
 LOCK = ".lock"
 

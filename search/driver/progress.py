@@ -12,12 +12,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
-from search.results.pareto import pareto_front
-from spaces import TASK_METRIC, task_metric
+from slimtune.search.results.pareto import pareto_front
+from slimtune.spaces import TASK_METRIC, task_metric
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,16 @@ class Reporter:
 
     On a terminal the status block is redrawn in place; elsewhere (CI, pipes) and with
     ``plain`` (``--quiet``) one line per finished trial. No colour is ever printed (so
-    ``NO_COLOR`` holds); a terminal only gets cursor movement.
+    ``NO_COLOR`` holds); a terminal only gets cursor movement. A failed trial is one line that
+    names where its traceback is: ``locate`` turns the row's ``traceback`` (a path in the sweep
+    folder) into the path or URI printed.
     """
 
-    def __init__(self, objectives: Mapping[str, str], budget: int, plain: bool = False, stream=None) -> None:
+    def __init__(self, objectives: Mapping[str, str], budget: int, plain: bool = False, stream=None,
+                 locate: Callable[[str], str] | None = None) -> None:
         self.objectives = dict(objectives)
         self.budget = budget
+        self.locate = locate
         self._stream = stream  # None: sys.stdout at print time (Ray pickles callbacks; streams don't pickle)
         self.tty = (not plain and bool(getattr(self.stream, "isatty", lambda: False)())
                     and os.environ.get("TERM") != "dumb")
@@ -127,7 +131,7 @@ class Reporter:
     def trial_ended(self, row: Mapping[str, Any], rows, running: int) -> None:
         self.session_done += 1
         objs = " ".join(f"{m}={_fmt(row.get(m))}" for m in self.objectives)
-        line = trial_line(row, objs)
+        line = trial_line(row, objs, self.locate)
         if self.tty:
             self._clear()
             print(line, file=self.stream)
@@ -158,15 +162,18 @@ class Reporter:
         self.last_draw = time.monotonic()
 
 
-def trial_line(row: Mapping[str, Any], objectives: str) -> str:
-    """``trial 3 ok: accuracy=0.9 size_bytes=5000``, ``trial 4 failed: ValueError: ...`` or
-    ``trial 5 stopped early at epoch 2 (...)``: the status once, then what it means."""
-    n, status, error = row["trial_number"], row["status"], row.get("error")
+def trial_line(row: Mapping[str, Any], objectives: str, locate: Callable[[str], str] | None = None) -> str:
+    """``trial 3 ok: accuracy=0.9 size_bytes=5000``, ``trial 4 failed: ValueError: ... (traceback:
+    run/errors/trial-4.txt)`` or ``trial 5 stopped early at epoch 2 (...)``: the status once, then
+    what it means, on one line."""
+    n, status, error = row["trial_number"], row["status"], " ".join(str(row.get("error")).split())
     if status == "ok":
         return f"trial {n} ok: {objectives}"
-    if status == "stopped" and str(error or "").startswith("stopped"):
+    if status == "stopped" and error.startswith("stopped"):
         return f"trial {n} {error}"
-    return f"trial {n} {status}: {error}"
+    tb = row.get("traceback")
+    where = f" (traceback: {locate(tb) if locate else tb})" if isinstance(tb, str) and tb else ""
+    return f"trial {n} {status}: {error}{where}"
 
 
 def _fmt(v: Any) -> str:
@@ -179,7 +186,7 @@ def sweep_progress(path, running: int = 0) -> Progress:
     to its last recorded trial."""
     import datetime
 
-    from search.results.table import load_results, sweep_meta
+    from slimtune.search.results.table import load_results, sweep_meta
 
     meta = sweep_meta(path)
     df = load_results(path)

@@ -25,15 +25,15 @@ from typing import Any
 
 import pandas as pd
 
-from search.driver.checks import check_task, prepare
-from search.driver.drive import Session, directions, drive, init_ray, make_sampler  # noqa: F401
-from search.driver.place import LOCK, SweepLock, SweepPlace  # noqa: F401
-from search.results.record import Record
-from search.results.rows import COMPRESS_PARAMS, DefineByRun, param_names, trial_seed  # noqa: F401
-from search.results.table import SWEEP, load_results, sweep_meta, write_results
-from search.storage import Storage
-from search.task.data import Data, importable, load_data, sweep_split_seed
-from spaces import Spec, SpecError, parse_spec
+from slimtune.search.driver.checks import check_task, prepare
+from slimtune.search.driver.drive import Session, directions, drive, init_ray, make_sampler  # noqa: F401
+from slimtune.search.driver.place import LOCK, SweepLock, SweepPlace  # noqa: F401
+from slimtune.search.results.record import Record
+from slimtune.search.results.rows import COMPRESS_PARAMS, DefineByRun, param_names, trial_seed  # noqa: F401
+from slimtune.search.results.table import SWEEP, load_results, sweep_meta, write_results
+from slimtune.search.storage import Storage
+from slimtune.search.task.data import Data, importable, load_data, sweep_split_seed
+from slimtune.spaces import Spec, SpecError, parse_spec
 
 
 def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
@@ -98,7 +98,7 @@ def _warm_start(spec: Spec, place: SweepPlace, earlier_path: str | Path) -> dict
     """Seed the new study from an earlier sweep; what ``sweep.json`` records of it."""
     import optuna
 
-    from search.searcher.observe import warm_start as seed_study
+    from slimtune.search.searcher.observe import warm_start as seed_study
 
     study = optuna.create_study(storage=place.study_storage(), study_name=spec.name, directions=directions(spec))
     enqueued, observed = seed_study(study, spec, earlier_path)
@@ -134,7 +134,7 @@ def resume_sweep(path: str | Path, *, add_trials: int = 0, quiet: bool = False,
     """
     import optuna
 
-    from search.searcher.promote import promotions_left
+    from slimtune.search.searcher.promote import promotions_left
 
     storage = Storage.open(path, "path")
     meta = sweep_meta(storage)  # checks a URI's bucket and credentials first
@@ -175,7 +175,7 @@ def _requeue_interrupted(study) -> None:
     ``interrupted``; a finished trial's cannot change) and queue their configurations again."""
     import optuna
 
-    from search.searcher.promote import promotion_attrs
+    from slimtune.search.searcher.promote import promotion_attrs
 
     for t in study.trials:
         if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING) and \

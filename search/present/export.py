@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.results.pareto import pareto_front
-from search.results.table import load_results, sweep_meta, write_atomic
-from search.storage import Storage
-from spaces import BUILTIN_DATASETS, SpecError, shown_columns
+from slimtune.search.results.pareto import pareto_front
+from slimtune.search.results.table import load_results, sweep_meta, write_atomic
+from slimtune.search.storage import Storage
+from slimtune.spaces import BUILTIN_DATASETS, SpecError, shown_columns
 
 FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
 #: Largest absolute difference allowed between onnxruntime's and PyTorch's logits.
@@ -153,8 +153,8 @@ def _configs(art: dict[str, Any], row: pd.Series) -> list[dict[str, Any]]:
         return art["configs"]
     import dataclasses
 
-    import compress
-    from search.trial import compression_configs
+    from slimtune import compress
+    from slimtune.search.trial import compression_configs
 
     def as_json(c: Any) -> dict[str, Any]:
         try:
@@ -169,7 +169,7 @@ def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", m
                   label: str | None = None):
     """`compress.load` (or `read_manifest`) for search and the CLI: a bad or untrusted
     artifact is a one-line SpecError (exit 2) that names the fix (``label`` names ``src``)."""
-    import compress
+    from slimtune import compress
 
     where = label or (f"{len(src)} bytes" if isinstance(src, (bytes, bytearray)) else str(src))
     try:
@@ -241,7 +241,7 @@ def model_from_artifact(artifact: str | Path | bytes, code_dir: str | None = Non
     """`load_artifact`, with the sweep's spec folder importable; a trusted ``module:function``
     model that cannot be imported here is one line (SpecError), not a traceback. ``label``
     names the artifact in errors (``artifact`` given as bytes)."""
-    from search.task.data import importable
+    from slimtune.search.task.data import importable
 
     importable(code_dir)
     label = label or str(artifact)

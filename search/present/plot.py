@@ -22,11 +22,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from search.results.pareto import hypervolume, hypervolume_curve, pareto_front  # noqa: F401 (hypervolume: re-exported)
-from search.results.table import load_results, sweep_meta, write_atomic
-from search.storage import Storage
-from spaces import SpecError
-from spaces import task_metric as _task_metric
+from slimtune.search.results.pareto import hypervolume, hypervolume_curve, pareto_front  # noqa: F401 (hypervolume: re-exported)
+from slimtune.search.results.table import load_results, sweep_meta, write_atomic
+from slimtune.search.storage import Storage
+from slimtune.spaces import SpecError
+from slimtune.spaces import task_metric as _task_metric
 
 #: Size axis of the plot (and of the hypervolume it draws).
 SIZE = "size_bytes"

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from search.present.export import EXTRA_FILE, MANIFEST_KEY, ZIP_MAGIC, model_from_artifact, sidecar
-from spaces import SpecError
+from slimtune.search.present.export import EXTRA_FILE, MANIFEST_KEY, ZIP_MAGIC, model_from_artifact, sidecar
+from slimtune.spaces import SpecError
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def export_format(path: str | Path) -> str:
         head = f.read(4)
     if head == ZIP_MAGIC:
         return "torchscript"
-    from compress import read_manifest
+    from slimtune.compress import read_manifest
 
     try:
         read_manifest(path)  # any artifact format compress reads

@@ -16,11 +16,11 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from search.present.plot import render_png, task_metric
-from search.results.pareto import pareto_front
-from search.results.table import STUDY, load_results, sweep_meta, was_trained, write_atomic
-from search.storage import Storage
-from spaces import SpecError, shown_columns
+from slimtune.search.present.plot import render_png, task_metric
+from slimtune.search.results.pareto import pareto_front
+from slimtune.search.results.table import STUDY, load_results, sweep_meta, was_trained, write_atomic
+from slimtune.search.storage import Storage
+from slimtune.spaces import SpecError, shown_columns
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1400px;

@@ -9,7 +9,7 @@ import json
 import math
 from typing import Any
 
-from spaces import METHODS, Spec, result_columns
+from slimtune.spaces import METHODS, Spec, result_columns
 
 #: Parameters that always have a column, in this order, after the spec's own space: ``epochs``
 #: and each built-in compression key (``spaces._methods``; a spec's own: ``Spec.compress_columns``).
@@ -29,6 +29,14 @@ def result_keys() -> list[str]:
 #: seed a valid non-negative int32 for torch, numpy and random. Changing any of them changes every
 #: trial's seed (and so the rows of a rerun sweep).
 SWEEP_SEED_FACTOR, TRIAL_NUMBER_FACTOR, SEED_SHIFT, SEED_MODULUS = 1_000_003, 7919, 17, 2**31 - 1
+
+#: The folder of the sweep that keeps each failed trial's whole traceback, one file per trial.
+ERRORS = "errors"
+
+
+def traceback_file(number: Any) -> str:
+    """Where in the sweep folder the traceback of the failed trial ``number`` is kept."""
+    return f"{ERRORS}/trial-{number}.txt"
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:
@@ -62,6 +70,8 @@ def make_row(spec: Spec, trial_id: str, config: dict[str, Any], result: dict[str
                            "status": status, "error": error, "seed": cfg.pop("seed", None)}
     row.update({k: cfg.get(k) for k in param_names(spec)})
     row.update({k: v for k, v in cfg.items() if k not in row})
+    if status == "failed" and (result or {}).get("traceback"):
+        row["traceback"] = traceback_file(row["trial_number"])  # written by the driver (ResultsWriter)
     if status == "ok":
         assert result is not None
         row.update({k: result.get(k) for k in result_keys()})

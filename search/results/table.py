@@ -9,9 +9,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from search.results.pareto import pareto_front  # noqa: F401 (the front beside the table it reads)
-from search.storage import Storage, write_local_atomic
-from spaces import METHODS, SpecError, result_columns, whole_columns
+from slimtune.search.results.pareto import pareto_front  # noqa: F401 (the front beside the table it reads)
+from slimtune.search.storage import Storage, write_local_atomic
+from slimtune.spaces import METHODS, SpecError, result_columns, whole_columns
 
 RESULTS = "results.parquet"
 SWEEP = "sweep.json"

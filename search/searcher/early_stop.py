@@ -64,7 +64,7 @@ class ParetoHalving:
 
 def rule_for(spec: Any, kind: str) -> ParetoHalving:
     """The rule of ``spec.search.early_stop`` on a ``kind`` task's validation metric."""
-    from spaces import TASK_METRIC
+    from slimtune.spaces import TASK_METRIC
 
     es = spec.search.early_stop
     return ParetoHalving(TASK_METRIC[kind], es.grace_epochs, es.eta, es.min_peers, deferred=spec.search.reproducible)

@@ -26,8 +26,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from search.results.pareto import pareto_front
-from spaces import Spec
+from slimtune.search.results.pareto import pareto_front
+from slimtune.spaces import Spec
 
 #: Candidates drawn per rung to aim among.
 POOL = 8
@@ -77,8 +77,8 @@ def aim(sizes: list[float], own: float | None, candidates: list[float], n: int) 
 def propose(spec: Spec, data: Any, study: optuna.Study, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """The ``n`` rung configurations for ``config``: aimed at the front's gaps, topped up with
     (then, without a front, made of) the uniform draws."""
-    from search.searcher.size_prediction import predict, surely_infeasible
-    from search.trial import ladder_configs
+    from slimtune.search.searcher.size_prediction import predict, surely_infeasible
+    from slimtune.search.trial import ladder_configs
 
     pool = ladder_configs(spec, config, POOL * n)
     sizes = front_sizes(spec, study) if data is not None else []

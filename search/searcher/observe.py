@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from spaces import Spec
+from slimtune.spaces import Spec
 
 
 def as_params(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -70,10 +70,10 @@ def warm_start(study: optuna.Study, spec: Spec, earlier: str | Path) -> tuple[in
     """Seed ``study`` from an earlier sweep: enqueue its front configurations (those valid
     in this space) and, when the task and the whole space are the same, add its finished
     trials as observations. Returns (enqueued, observed)."""
-    from search.results.pareto import pareto_front
-    from search.results.table import load_results, sweep_meta
-    from search.storage import Storage
-    from search.task.data import sweep_split_seed
+    from slimtune.search.results.pareto import pareto_front
+    from slimtune.search.results.table import load_results, sweep_meta
+    from slimtune.search.storage import Storage
+    from slimtune.search.task.data import sweep_split_seed
 
     earlier = Storage.open(earlier, field="warm_start").uri  # a folder or a URI, credential-free
     meta = sweep_meta(earlier)

@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from search.results.pareto import pareto_front
-from spaces import Spec
+from slimtune.search.results.pareto import pareto_front
+from slimtune.spaces import Spec
 
 
 class Promotion:

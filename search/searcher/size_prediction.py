@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-import compress
-from search.task.data import Data
-from search.trial import TrialSetup, compression_configs, model_recipe
-from spaces import Spec
+from slimtune import compress
+from slimtune.search.task.data import Data
+from slimtune.search.trial import TrialSetup, compression_configs, model_recipe
+from slimtune.spaces import Spec
 
 PREDICTABLE = ("size_bytes", "params", "nonzero_params", "compression_ratio")
 

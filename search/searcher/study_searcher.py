@@ -33,11 +33,11 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from search.results.record import Record
-from search.results.rows import DefineByRun, jsonable, make_row, outcome, param_names
-from search.searcher.teacher import best_teacher, distils
-from search.task.data import Data
-from spaces import Spec, SpecError, task_metric, worst_value
+from slimtune.search.results.record import Record
+from slimtune.search.results.rows import DefineByRun, jsonable, make_row, outcome, param_names
+from slimtune.search.searcher.teacher import best_teacher, distils
+from slimtune.search.task.data import Data
+from slimtune.spaces import Spec, SpecError, task_metric, worst_value
 
 #: Samplers that learn from an infeasible PRUNED trial carrying its constraint values (TPE
 #: puts it with the infeasible trials; random learns nothing). NSGA-II and GP read only
@@ -87,8 +87,8 @@ class SlimSearcher(Searcher):
     def __init__(self, spec: Spec, study: optuna.Study, data: Data | None, trials: int,
                  record: Record | None = None) -> None:
         super().__init__(metric=spec.metric_names, mode=spec.modes)
-        from search.searcher.early_stop import rule_for
-        from search.searcher.size_prediction import needs_prediction
+        from slimtune.search.searcher.early_stop import rule_for
+        from slimtune.search.searcher.size_prediction import needs_prediction
 
         self.spec, self.study, self.data, self.budget = spec, study, data, trials
         self.record = record if record is not None else Record(param_names(spec))
@@ -104,7 +104,7 @@ class SlimSearcher(Searcher):
         self.ended: dict[str, tuple[dict | None, bool]] = {}  # ended in this batch, not yet told
         self.promotion, self.pending = None, 0  # search.promote: the rule, promotions enqueued and not yet asked
         if spec.search.promote is not None:
-            from search.searcher.promote import Promotion
+            from slimtune.search.searcher.promote import Promotion
 
             self.promotion, self.pending = Promotion.from_study(spec, study)
             self._promote()  # earned before a driver was killed (a boundary: nothing runs yet)
@@ -127,7 +127,7 @@ class SlimSearcher(Searcher):
                 return None  # the batch is full: wait until all of it has ended
         trial, cfg = self._ask()
         if self.spec.search.ladder:  # the rungs, aimed at the front's gaps (search.searcher.ladder)
-            from search.searcher.ladder import propose
+            from slimtune.search.searcher.ladder import propose
 
             cfg["ladder_configs"] = propose(self.spec, self.data, self.study, cfg, self.spec.search.ladder)
         if self.distilling:  # the best dense model told so far (search.searcher.teacher); rungs share it
@@ -146,7 +146,7 @@ class SlimSearcher(Searcher):
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
         """The next configuration predicted feasible; those predicted infeasible are told as untrained."""
-        from search.searcher.size_prediction import predict, surely_infeasible
+        from slimtune.search.searcher.size_prediction import predict, surely_infeasible
 
         for _ in range(MAX_SKIPS):
             trial = self.study.ask()
@@ -243,7 +243,7 @@ class SlimSearcher(Searcher):
     def _add_rungs(self, parent_id: str, parent: int, rungs: list[dict[str, Any]]) -> None:
         """Each rung (a compression setting of the parent's trained model) becomes a COMPLETE
         trial of the study and a row linked to its parent."""
-        from search.searcher.observe import observation
+        from slimtune.search.searcher.observe import observation
 
         spec = self.spec
         for k, rung in enumerate(rungs):

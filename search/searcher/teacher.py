@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from spaces import Fixed, Spec
+from slimtune.spaces import Fixed, Spec
 
 
 def distils(spec: Spec) -> bool:

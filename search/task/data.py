@@ -15,11 +15,12 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from search.storage import write_local_atomic
-from spaces import SpecError, Task
+from slimtune.search.storage import write_local_atomic
+from slimtune.spaces import SpecError, Task
 
 MIN_ROWS = {"train": 8, "validation": 2, "test": 2}
 
@@ -99,7 +100,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, d
                         f"{path} with columns {list(df.columns)}")
     target = target if target is not None else df.columns[-1]
     if target not in df.columns:
-        from spaces._errors import closest
+        from slimtune.spaces._errors import closest
 
         raise SpecError("task.target", "must name a column of the CSV", target, closest(target, map(str, df.columns)))
     y = df[target]
@@ -247,8 +248,13 @@ def _checked(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def importable(code_dir: str | Path | None) -> None:
-    """Put the spec's folder on ``sys.path`` (first), so that ``module:function`` hooks beside
-    the spec import without PYTHONPATH: in the driver and in each trial's worker process.
+    """Make ``module:function`` hooks beside the spec importable without PYTHONPATH, in the driver
+    and in each trial's worker process: the spec's folder is *appended* to ``sys.path``.
+
+    Appended, not put first: a file beside the spec is found only under a name nothing installed
+    already has, so it can never shadow slimtune (whose modules all live under ``slimtune``) nor
+    a package slimtune imports. A hook whose module name an installed package also has is
+    refused by name where it is resolved (`hook_module`).
 
     A node that does not have the folder (a remote cluster) gets nothing here: `slimtune
     submit` ships the spec's folder as the Ray job's ``working_dir``, which Ray puts on the
@@ -257,4 +263,49 @@ def importable(code_dir: str | Path | None) -> None:
     import sys
 
     if code_dir and Path(code_dir).is_dir() and str(code_dir) not in sys.path:
-        sys.path.insert(0, str(code_dir))
+        sys.path.append(str(code_dir))
+
+
+def check_no_shadow(*folders: str | Path | None) -> None:
+    """Refuse a ``slimtune.py`` or foreign ``slimtune/`` package in the folders Ray puts *first* on
+    its workers' ``sys.path`` (the driver's current folder; a submitted job's ``working_dir``):
+    there it would be imported instead of slimtune and every trial would fail."""
+    import slimtune
+
+    ours = Path(slimtune.__file__).resolve().parent
+    for folder in folders:
+        if not folder:
+            continue
+        for name in ("slimtune.py", "slimtune"):
+            path = Path(folder) / name
+            foreign = path.is_file() or (path.is_dir() and path.resolve() != ours
+                                         and (path / "__init__.py").exists())
+            if foreign:
+                raise SpecError(str(path), "no file or package named slimtune may sit in the folder a sweep runs "
+                                "from (Ray puts that folder first on its workers' import path, where it would "
+                                "shadow slimtune)", str(path), "rename it")
+
+
+def check_hooks_resolve(hooks: Iterable[tuple[str, str]], code_dir: str | Path | None) -> None:
+    """Each ``(field, "module:function")`` hook whose module sits beside the spec must import from
+    there: a name an installed module also has resolves to that module (the spec's folder is
+    appended to ``sys.path``), so it is refused with the path it would get instead."""
+    import importlib.util
+
+    if not code_dir:
+        return
+    code_dir = Path(code_dir).resolve()
+    for where_in_spec, hook in hooks:
+        top = hook.partition(":")[0].split(".")[0]
+        beside = [p for p in (code_dir / f"{top}.py", code_dir / top) if p.exists()]
+        if not top or not beside:
+            continue
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue
+        where = Path(found.origin).resolve() if found and found.origin else None
+        if where is not None and code_dir not in where.parents:
+            raise SpecError(where_in_spec, f"the module {top!r} beside the spec must not share its name with an "
+                            f"installed module (that one, {where}, is what would be imported)", hook,
+                            f"rename {beside[0].name}")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.task.data import Data
-from spaces import DISTILL, task_metric
+from slimtune.search.task.data import Data
+from slimtune.spaces import DISTILL, task_metric
 
 
 class TrainingDiverged(FloatingPointError):
