@@ -72,7 +72,6 @@ __all__ = ["save", "dense_bytes", "pack_bits", "unpack_bits"]
 
 MAGIC = b"SLIMTUN\x03"
 FORMAT = 3
-_MAGIC_V2 = b"SLIMTUN\x02"  # format 2, read only
 _LEGACY_MAGIC = b"SLIMTUNE"  # format 1, read only
 _HEADER = struct.Struct("<I")  # format 2's manifest length
 _CODEC_NONE, _CODEC_LZMA = 0, 1

@@ -184,11 +184,6 @@ class Storage:
         with self.fs.open_input_stream(self.join(rel)) as f:
             return f.read()
 
-    def listdir(self, rel: str = "") -> list[str]:
-        """Names directly under ``rel``, sorted ([] when it does not exist)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.join(rel), allow_not_found=True))
-        return sorted(i.base_name for i in infos)
-
     def uri_of(self, rel: str) -> str:
         base, _, query = self.uri.partition("?")
         return f"{base.rstrip('/')}/{rel.strip('/')}" + (f"?{query}" if query else "")

@@ -105,11 +105,12 @@ def _extend(args: argparse.Namespace) -> int:
 
 def table_columns() -> list[str]:
     """The columns ``slimtune results`` shows (those present and not all empty): the metrics
-    declared for the table (``spaces.METRIC_TABLE``), the main parameters, the error."""
+    declared for the table (``spaces.METRIC_TABLE``), the main parameters, the error and the file
+    in the sweep folder that keeps its whole traceback."""
     from slimtune.spaces import shown_columns
 
     return ["trial_number", "status", *shown_columns("table"), "lr", "batch_size", "depth", "width", "epochs",
-            "prune_method", "sparsity", "bits", "error"]
+            "prune_method", "sparsity", "bits", "error", "traceback"]
 
 
 def _results_args(p: argparse.ArgumentParser) -> None:

@@ -83,6 +83,8 @@ ROW_DOCS: dict[str, str] = {
     "node": "host/node-id of the Ray node that ran the trial",
     "error": "the error of a failed trial (e.g. ValueError: ..., TrainingDiverged: training diverged: loss=nan ...), "
              "or why it stopped early",
+    "traceback": "a failed trial: where its whole traceback is kept (errors/trial-<n>.txt in the sweep folder, or "
+                 "at its URI)",
     "artifact": "the artifact's path relative to the sweep folder (compress.load reads it)",
     "parent": "a ladder rung: the trial number of the trained model it compresses; a promotion: the trial number of "
               "the configuration it retrains at a longer budget",

@@ -219,6 +219,3 @@ class Spec:
         from slimtune.spaces._parse import _parse_objectives
 
         return dataclasses.replace(self, objectives=_parse_objectives(None, kind))
-
-    def constraint_values(self, metrics: Mapping[str, float]) -> list[float]:
-        return [b.violation(float(metrics[b.metric])) for b in self.constraints]

@@ -909,6 +909,7 @@ def test_qat_starts_at_the_ptq_model_follows_its_gradient_and_ends_at_the_final_
 
 
 @pytest.mark.ml
+@pytest.mark.slow
 def test_qat_recovers_accuracy_that_ptq_loses(seed_offset: int) -> None:
     # 4-bit PTQ of a trained net multiplies its training loss (3.1x to 77x over seeds 0..29);
     # QAT fine-tuning from that point (Adam, STE, cosine decay) takes back much of it. Per seed

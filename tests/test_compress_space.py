@@ -10,9 +10,8 @@ import optuna
 import pytest
 
 from slimtune import compress
-from slimtune.search.driver.sweep import COMPRESS_PARAMS
 from slimtune.search.trial import compression_configs
-from slimtune.spaces import Choice, Fixed, IntRange, LogUniform, SpecError, parse_spec
+from slimtune.spaces import METHODS, Choice, Fixed, IntRange, LogUniform, SpecError, parse_spec
 
 MINIMAL: dict[str, Any] = {"name": "t", "task": {"dataset": "digits", "model": "mlp", "epochs": 1}}
 
@@ -126,7 +125,8 @@ def test_parameters_are_drawn_only_where_they_apply(asks) -> None:
         assert ("quant_mode" in cfg) is quantized and ("per_channel" in cfg) is quantized
         assert ("qat_epochs" in cfg) is (cfg.get("quant_mode") == "qat")
         assert set(params) <= set(cfg) and all(cfg[k] == v for k, v in params.items())
-        assert set(cfg) - {"lr", "batch_size", "depth", "width", "weight_decay"} <= set(COMPRESS_PARAMS)
+        assert set(cfg) - {"lr", "batch_size", "depth", "width", "weight_decay"} <= {
+            "epochs", *(c for method in METHODS.values() for c in method.columns)}
 
 
 def test_sampled_configs_build_the_right_compression(asks) -> None:

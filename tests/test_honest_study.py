@@ -48,6 +48,7 @@ def fanova(trials: list) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
+@pytest.mark.slow
 def test_untrained_configurations_never_pass_for_trained_ones(ray_session, tmp_path, sampler):
     name = f"honest-{sampler}"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec(name, sampler)))
@@ -86,6 +87,7 @@ def test_untrained_configurations_never_pass_for_trained_ones(ray_session, tmp_p
     assert imps["accuracy"] == pytest.approx(fanova(kept))
 
 
+@pytest.mark.slow
 def test_old_sweeps_invented_values_are_left_out_by_readers(ray_session, tmp_path):
     """Sweeps written before marked a skipped configuration ``infeasible: true`` on a COMPLETE
     trial with an invented accuracy of 0: the importances leave it out all the same."""

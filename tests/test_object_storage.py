@@ -29,7 +29,7 @@ from slimtune.cli import main
 from slimtune.search import load_results
 from slimtune.search.storage import Storage
 from tests.test_resume import _wait_rows
-from tests.test_storage import BUCKET, PLANTED, s3_endpoint  # noqa: F401 - the module's moto_server fixture
+from tests.test_storage import BUCKET, PLANTED, names, s3_endpoint  # noqa: F401 - the module's moto_server fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("s3_endpoint")  # one moto_server for the module, AWS_* pointing at it
@@ -239,7 +239,7 @@ def test_killed_driver_resumes_from_s3_without_loss(tmp_path, capsys):
         assert kept.loc[row["trial_id"], "size_bytes"] == row["size_bytes"]
     assert_artifacts_match(store, df)
     # an artifact stored by a trial that never reached the study is no row and counts nowhere
-    stray = set(store.listdir("artifacts")) - {a.split("/", 1)[1] for a in df["artifact"].dropna()}
+    stray = set(names(store, "artifacts")) - {a.split("/", 1)[1] for a in df["artifact"].dropna()}
     assert "never-told_00000.slim" in stray and not df["trial_id"].str.startswith("never-told").any()
     print(f"killed after {len(before)} ok rows; interrupted trials {sorted(interrupted)}; "
           f"artifacts no row references: {sorted(stray)}")

@@ -71,3 +71,14 @@ def test_plain_on_a_terminal_prints_lines_only():
     r = Reporter(OBJ, budget=4, plain=True, stream=out)
     r.trial_ended(rows()[0], rows()[:1], running=0)
     assert out.getvalue().count("\n") == 1 and "\x1b" not in out.getvalue()
+
+
+def test_a_failed_trial_is_one_line_that_names_its_traceback_file():
+    out = io.StringIO()
+    r = Reporter(OBJ, budget=4, stream=out, locate=lambda rel: f"s3://bucket/run/{rel}")
+    row = {"trial_id": "e", "trial_number": 4, "status": "failed", "error": "ValueError: two\nlines",
+           "traceback": "errors/trial-4.txt"}
+    r.trial_ended(row, [*rows(), row], running=0)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("] trial 4 failed: ValueError: two lines (traceback: s3://bucket/run/errors/trial-4.txt)")

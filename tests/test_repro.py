@@ -120,6 +120,7 @@ def test_trial_seeds_the_global_rngs_a_model_hook_draws_from(tmp_path):
     assert (tmp_path / "0" / a["artifact"]).read_bytes() == (tmp_path / "1" / b["artifact"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_same_spec_same_seed_same_rows_and_artifacts(ray_session, tmp_path):
     """Run 1 in this process, run 2 through the CLI in another (other hash seed) on the same Ray."""
     spec = quickstart_like()

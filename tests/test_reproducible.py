@@ -52,6 +52,7 @@ def digests(out: Path, df: pd.DataFrame) -> dict[int, str]:
             for n, a in zip(ok["trial_number"], ok["artifact"])}
 
 
+@pytest.mark.slow
 def test_same_rows_and_artifacts_at_concurrency_1_and_2(ray_session, tmp_path):
     one = digits_like("repro")
     one["search"] = {**one["search"], "concurrency": 1}

@@ -122,6 +122,7 @@ def test_killed_driver_resumes_without_loss_while_another_sweep_runs(ray_session
     assert sorted(t.user_attrs["rerun_of"] for t in reruns) == sorted(interrupted)
 
 
+@pytest.mark.slow
 def test_extend_adds_trials_to_the_same_study(ray_session, tmp_path):
     out = tmp_path / "ext"
     assert main(["sweep", str(write(tmp_path, spec("ext", 2, concurrency=2, epochs=2))), "--out", str(out),
@@ -145,6 +146,7 @@ def test_extend_rejects_a_bad_count(tmp_path, capsys):
     assert "--trials" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_session, tmp_path):
     marker = tmp_path / "marker"
     marker.mkdir()

@@ -34,6 +34,7 @@ def write(tmp: Path, s: dict) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_prediction_matches_the_real_artifact_size(ray_session, tmp_path):
     spec = parse_spec(spec_dict("predict", trials=2))
     out = tmp_path / "run"
@@ -48,6 +49,7 @@ def test_prediction_matches_the_real_artifact_size(ray_session, tmp_path):
         assert p["size_bytes"] == pytest.approx(row["size_bytes"], rel=0.1)
 
 
+@pytest.mark.slow
 def test_infeasible_configurations_are_never_trained(ray_session, tmp_path):
     # width 256 fp32 (~80 kB) breaks the 20 kB limit; width 16 and width 256 at 4 bits do not
     s = spec_dict("feasible", trials=3)
@@ -92,6 +94,7 @@ def test_pareto_halving_stops_a_dominated_trial_and_keeps_a_small_one():
     assert not rule.decide("big-bad-2", 3, 5000, 0.1)
 
 
+@pytest.mark.slow
 def test_early_stopping_in_a_sweep_marks_rows_and_prunes_in_the_study(ray_session, tmp_path):
     s = spec_dict("early", trials=8, early_stop={"grace_epochs": 1, "eta": 2, "min_peers": 1})
     s["task"]["epochs"] = 4
@@ -109,6 +112,7 @@ def test_early_stopping_in_a_sweep_marks_rows_and_prunes_in_the_study(ray_sessio
     assert all(states[n] == optuna.trial.TrialState.PRUNED for n in stopped["trial_number"])
 
 
+@pytest.mark.slow
 def test_warm_start_enqueues_the_earlier_front_and_observes_its_trials(ray_session, tmp_path):
     a = tmp_path / "a"
     s = spec_dict("warm-a", trials=3)
@@ -144,6 +148,7 @@ def test_warm_start_from_a_missing_sweep_is_bad_input(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_ladder_turns_one_training_into_many_observations(ray_session, tmp_path):
     s = spec_dict("ladder", trials=2, ladder=3)
     s["compress"] = {"prune": {"method": {"choice": ["none", "magnitude"]}, "sparsity": {"uniform": [0.3, 0.9]},

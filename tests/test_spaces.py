@@ -413,11 +413,6 @@ def test_bound_violation_sign(bound, value, expected):
     assert (v <= 0) == (expected <= 0)  # <= 0 means satisfied
 
 
-def test_constraint_values_follow_spec_order():
-    s = parse_spec(spec(constraints={"size_bytes": {"max": 1000}, "accuracy": {"min": 0.9}}))
-    assert s.constraint_values({"size_bytes": 1500, "accuracy": 0.95}) == pytest.approx([500.0, -0.05])
-
-
 # ---------------------------------------------------------------------------------------
 # Lean imports
 

@@ -130,6 +130,7 @@ def test_results_cli_formats(digits_run, capsys, fmt):
         assert "accuracy" in out and "size_bytes" in out
 
 
+@pytest.mark.slow
 def test_same_seed_same_trial_configs(digits_run, tmp_path):
     """A second sweep with the same seed samples the same first configurations (sampler seeded)."""
     out = tmp_path / "again"
@@ -161,6 +162,7 @@ def test_out_folder_with_a_sweep_is_refused(digits_run, tmp_path, capsys):
 
 
 @pytest.mark.ml
+@pytest.mark.slow
 def test_csv_regression_sweep(ray_session, tmp_path, seed_offset):
     # r2 > 0.8 on a noisy linear target: 20 trainings over sweep seeds 0..9 all reached r2 >= 0.987.
     rng = np.random.default_rng(0)
@@ -190,6 +192,7 @@ def test_csv_regression_sweep(ray_session, tmp_path, seed_offset):
 
 
 @pytest.mark.ml
+@pytest.mark.slow
 def test_user_hooks_for_data_and_model(ray_session, tmp_path, seed_offset):
     # Trained long enough that the hook's blobs separate on any seed: 20 trainings over sweep
     # seeds 0..9 all scored validation accuracy 1.0 (at 3 epochs, lr 0.01 some scored 0.0-0.2).

@@ -26,10 +26,10 @@ from typing import Any
 import pandas as pd
 
 from slimtune.search.driver.checks import check_task, prepare
-from slimtune.search.driver.drive import Session, directions, drive, init_ray, make_sampler  # noqa: F401
-from slimtune.search.driver.place import LOCK, SweepLock, SweepPlace  # noqa: F401
+from slimtune.search.driver.drive import Session, directions, drive, make_sampler  # noqa: F401
+from slimtune.search.driver.place import SweepLock, SweepPlace
 from slimtune.search.results.record import Record
-from slimtune.search.results.rows import COMPRESS_PARAMS, DefineByRun, param_names, trial_seed  # noqa: F401
+from slimtune.search.results.rows import DefineByRun, param_names, trial_seed  # noqa: F401
 from slimtune.search.results.table import SWEEP, load_results, sweep_meta, write_results
 from slimtune.search.storage import Storage
 from slimtune.search.task.data import Data, importable, load_data, sweep_split_seed

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from slimtune.search.results.pareto import hypervolume, hypervolume_curve, pareto_front  # noqa: F401 (hypervolume: re-exported)
+from slimtune.search.results.pareto import hypervolume_curve, pareto_front
 from slimtune.search.results.table import load_results, sweep_meta, write_atomic
 from slimtune.search.storage import Storage
 from slimtune.spaces import SpecError

@@ -9,11 +9,7 @@ import json
 import math
 from typing import Any
 
-from slimtune.spaces import METHODS, Spec, result_columns
-
-#: Parameters that always have a column, in this order, after the spec's own space: ``epochs``
-#: and each built-in compression key (``spaces._methods``; a spec's own: ``Spec.compress_columns``).
-COMPRESS_PARAMS = ["epochs", *(column for method in METHODS.values() for column in method.columns)]
+from slimtune.spaces import Spec, result_columns
 
 
 def result_keys() -> list[str]:

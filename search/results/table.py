@@ -9,7 +9,6 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from slimtune.search.results.pareto import pareto_front  # noqa: F401 (the front beside the table it reads)
 from slimtune.search.storage import Storage, write_local_atomic
 from slimtune.spaces import METHODS, SpecError, result_columns, whole_columns
 

@@ -28,10 +28,6 @@ def _tensors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[torch.Tensor, tor
     return xt, yt
 
 
-#: Learning-rate schedules (``space.lr_schedule``): the factor multiplying ``lr`` at each step.
-SCHEDULES = ("constant", "wsd", "cosine")
-
-
 @dataclass(frozen=True)
 class Schedule:
     """A learning-rate schedule over one training run of ``total`` optimizer steps.
