@@ -34,8 +34,8 @@ def _run(*cmd: str | Path, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A slimtune wheel built from a copy of this checkout (the checkout itself gets no build/)."""
+def source(tmp_path_factory) -> Path:
+    """A copy of this checkout's package sources (builds write build/ and egg-info there, not here)."""
     src = tmp_path_factory.mktemp("src")
     for name in SOURCES:
         path = ROOT / name
@@ -43,9 +43,15 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, src / name)
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory) -> Path:
+    """A slimtune wheel built from the copy."""
     dist = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src,
-         cwd=src)
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source,
+         cwd=source)
     (found,) = dist.glob("slimtune-*.whl")
     return found
 
@@ -98,7 +104,7 @@ print("others")
 """
 
 
-def test_slimtune_installs_beside_the_index_packages_named_like_its_layers(wheel, tmp_path):
+def test_slimtune_installs_beside_the_index_packages_named_like_its_layers(wheel, source, tmp_path):
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     py = venv / "bin" / "python"
@@ -122,3 +128,13 @@ def test_slimtune_installs_beside_the_index_packages_named_like_its_layers(wheel
     assert not (site / "slimtune").exists()
     assert {pkg: _hashes(site, pkg) for pkg in ("spaces", "compress")} == before  # nothing deleted
     assert _run(py, "-c", USE_OTHERS, cwd=tmp_path).stdout.strip() == "others"
+
+    # An editable install (what a contributor has) resolves the same way: theirs top-level, ours under slimtune.
+    # It builds offline with the running interpreter's setuptools (borrowed), not the venv's older own one.
+    _run(py, "-m", "pip", "uninstall", "-y", "-q", "setuptools", cwd=tmp_path)
+    _run(*pip, "--no-build-isolation", "-e", source, cwd=tmp_path)
+    out = _run(py, "-c", USE_BOTH, cwd=tmp_path).stdout.split()
+    assert out[1:3] == [str(site / "spaces" / "__init__.py"), str(site / "compress" / "__init__.py")], out
+    assert out[3] == str(source / "compress" / "__init__.py"), out
+    _run(py, "-m", "pip", "uninstall", "-y", "-q", "slimtune", cwd=tmp_path)
+    assert {pkg: _hashes(site, pkg) for pkg in ("spaces", "compress")} == before

@@ -105,3 +105,14 @@ def test_a_hook_beside_the_spec_does_not_shadow_what_is_installed(tmp_path):
         assert sys.path[-1] == str(tmp_path)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_submit_refuses_a_working_dir_with_a_slimtune_py_before_any_cluster(tmp_path):
+    """Ray puts a job's working_dir first on the path of its driver and workers."""
+    from slimtune import cluster
+
+    spec = _project(tmp_path / "proj")
+    (tmp_path / "proj" / "slimtune.py").write_text("")
+    with pytest.raises(SpecError) as info:
+        cluster.submit(str(spec), address="http://127.0.0.1:1")  # nothing listens there: never reached
+    assert str(info.value).startswith(str(tmp_path / "proj" / "slimtune.py")), info.value
