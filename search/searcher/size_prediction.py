@@ -25,7 +25,7 @@ PREDICTABLE = ("size_bytes", "params", "nonzero_params", "compression_ratio")
 
 def predict(spec: Spec, data: Data, config: dict[str, Any]) -> dict[str, float]:
     """Predicted compressed size and parameter counts of ``config`` (no training)."""
-    setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind)
+    setup = TrialSetup(out_dir="", model=spec.task.model, kind=data.kind, spec=spec)  # the trial's recipe
     recipe = model_recipe(setup, data, config)
     state = torch.random.get_rng_state()
     try:
