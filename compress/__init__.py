@@ -40,7 +40,7 @@ from ._prune import (
     gradual_pruning,
     sparsity_masks,
 )
-from ._quantize import AffineQuantize, FakeQuantize, QParams
+from ._quantize import AffineQuantize, FakeQuantize, QParams, weight_codes
 from ._structured import StructuredPrune
 from ._summary import latency_ms, summary
 
@@ -80,4 +80,5 @@ __all__ = [
     "summary",
     "to_int8",
     "UntrustedCodeError",
+    "weight_codes",
 ]

@@ -314,3 +314,20 @@ def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
 def qparams_of(module: nn.Module) -> QParams | None:
     """The QParams `AffineQuantize` recorded on ``module`` (None if not quantized)."""
     return getattr(module, QPARAMS_ATTR, None)
+
+
+def weight_codes(module: nn.Module) -> tuple[torch.Tensor, QParams] | None:
+    """The integer codes (uint8, the weight's shape, in ``[0, 2**bits)``) of a quantized
+    Linear/Conv weight and its QParams, so that ``(codes - zero_point) * scale`` is exactly
+    ``module.weight``; None when the layer is not quantized. What the deployment exports store.
+    Raises ValueError when the weight no longer equals its codes (it changed after quantizing)."""
+    qp = qparams_of(module)
+    if qp is None:
+        return None
+    w = module.weight.detach().cpu()
+    qp = QParams(qp.bits, qp.scale.detach().cpu(), qp.zero_point.detach().cpu())
+    codes = quantize(w, qp)
+    if not torch.equal(dequantize(codes, qp), w.float()):
+        raise ValueError(f"{type(module).__name__}'s weight is not its quantized codes any more (it changed after "
+                         "AffineQuantize); quantize it again before exporting")
+    return codes, qp

@@ -39,9 +39,12 @@ def _report(args: argparse.Namespace) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="sweep folder")
     p.add_argument("--trial", required=True, help="trial number (as in `slimtune results`) or Ray trial id")
-    p.add_argument("--format", choices=("slim", "onnx", "torchscript"), default=None,
-                   help="default: from the --out suffix (.slim, .onnx, .pt)")
-    p.add_argument("--out", required=True, help="model file to write (slim also writes <out>.json beside it)")
+    p.add_argument("--format", choices=("slim", "onnx", "torchscript", "c"), default=None,
+                   help="default: from the --out suffix (.slim, .onnx, .pt); c: --out is a folder")
+    p.add_argument("--out", required=True, help="model file to write (slim and onnx also write <out>.json beside it; "
+                                                "c: a folder for model.h, model.c and slimtune.json)")
+    p.add_argument("--dense", action="store_true", help="onnx: dense fp32 weights (torch.onnx.export) instead of "
+                                                        "the compressed integer codes")
     _trust_arg(p)
 
 
@@ -58,19 +61,38 @@ def _export(args: argparse.Namespace) -> int:
 
     fmt = args.format
     if fmt is None:
-        by_suffix = {s: f for f, s in FORMATS.items()} | {".ts": "torchscript", ".torchscript": "torchscript"}
+        by_suffix = {s: f for f, s in FORMATS.items() if s and f != "onnx-dense"} | {".ts": "torchscript",
+                                                                                 ".torchscript": "torchscript"}
         fmt = by_suffix.get(Path(args.out).suffix.lower())
         if fmt is None:
             raise SpecError("--format", "is needed when --out does not end in .slim, .onnx or .pt", args.out,
-                            "add --format slim|onnx|torchscript")
-    out = export_trial(args.path, args.trial, fmt, args.out, trust_code=args.trust_code)
-    print(out)
+                            "add --format slim|onnx|torchscript|c")
+    if args.dense and fmt != "onnx":
+        raise SpecError("--dense", "applies to --format onnx only", f"--format {fmt}")
+    out = export_trial(args.path, args.trial, "onnx-dense" if args.dense else fmt, args.out, trust_code=args.trust_code)
+    print(_export_line(out, fmt))
     return 0
 
 
+def _export_line(out: Path, fmt: str) -> str:
+    """What an export wrote: the path, and for onnx and c its deployed size."""
+    import json
+
+    if fmt == "onnx" and Path(str(out) + ".json").is_file():
+        return f"{out} ({Path(out).stat().st_size} bytes)"
+    if fmt == "c":
+        info = json.loads((Path(out) / "slimtune.json").read_text())["c"]
+        if "flash_bytes" in info:
+            return f"{out}/model.c, model.h (flash {info['flash_bytes']} bytes, RAM {info['ram_bytes']} bytes)"
+        return f"{out}/model.c, model.h ({info['note']})"
+    return str(out)
+
+
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a file written by `slimtune export` (slim, onnx or torchscript)")
-    p.add_argument("data", help="CSV of feature columns, in training order (header row optional)")
+    p.add_argument("model", help="what `slimtune export` wrote: a slim, onnx or torchscript file, or a C export's "
+                                 "folder (compiled here)")
+    p.add_argument("data", help="CSV of feature columns, in training order (header row optional), or an .npz with "
+                                "an array x")
     p.add_argument("--out", default=None, help="CSV to write (default: print to stdout)")
     _trust_arg(p)
 
@@ -146,8 +168,9 @@ COMMANDS = [
             "examples:\n  slimtune plot runs/digits\n  slimtune plot runs/digits --out pareto.png", _plot_args, _plot),
     Command("report", "write one self-contained HTML report of a sweep (no server, no network)",
             "example: slimtune report runs/digits --out report.html", _report_args, _report),
-    Command("export", "write a trial's model as slim, ONNX or TorchScript, with a manifest",
+    Command("export", "write a trial's model as slim, ONNX (compressed or --dense), TorchScript or C, with a manifest",
             "examples:\n  slimtune export runs/digits --trial 12 --format onnx --out model.onnx\n"
+            "  slimtune export runs/digits --trial 12 --format c --out firmware/model   # model.h, model.c\n"
             "  slimtune export runs/digits --trial 12 --out model.slim   # format from the suffix",
             _export_args, _export),
     Command("predict", "run an exported model on a CSV of features",

@@ -57,6 +57,12 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
            worst=-1.0),
     Metric("loss", "min", "validation loss of the compressed model", split=True, shown="export"),
     Metric("size_bytes", "min", "length of the compressed artifact file", whole=True, shown="table"),
+    Metric("onnx_bytes", "min", "length of the compressed ONNX file `slimtune export --format onnx` writes (measured "
+           "in the trial when an objective or constraint names it)", whole=True, shown="table"),
+    Metric("flash_bytes", "min", "flash of the C export compiled with the system C compiler: .text + .rodata + .data "
+           "(measured in the trial when an objective or constraint names it or ram_bytes)", whole=True, shown="table"),
+    Metric("ram_bytes", "min", "static RAM (.data + .bss: activation arena, one decoded weight row) plus stack of "
+           "the C export (measured with flash_bytes)", whole=True),
     Metric("dense_bytes", "min", "the same model stored as dense fp32", objective=False, whole=True, shown="table"),
     Metric("compression_ratio", "max", "dense_bytes / size_bytes", shown="table", worst=0.0),
     Metric("params", "min", "parameters of the (possibly pruned) model", whole=True),

@@ -20,7 +20,8 @@ from torch import nn
 
 from slimtune import compress
 from slimtune.search.task.data import Data
-from slimtune.search.trial import BOOKKEEPING, TrialSetup, ladder_configs, model_recipe, run_trial
+from slimtune.search.task.recipe import BOOKKEEPING
+from slimtune.search.trial import TrialSetup, ladder_configs, model_recipe, run_trial
 from slimtune.spaces import parse_spec
 
 HOOK = "tests.user_hooks:residual_net"

@@ -1,6 +1,7 @@
 """search/ is organised by job, and producers never import presenters.
 
-The path of a sweep reads in the file names: ``task`` (data, training loop) -> ``trial`` (where
+The path of a sweep reads in the file names: ``task`` (data, training loop) and ``deploy`` (the
+deployable forms of a compressed model) -> ``trial`` (where
 training meets compression) -> ``searcher`` (what to try next) -> ``driver`` (run/resume/extend, the
 one writer) -> ``results`` (schema, load_results, Pareto front) -> ``present`` (plot, report,
 export, predict). Checked on import statements, statically, so a lazy import inside a function
@@ -18,11 +19,12 @@ SEARCH = ROOT / "search"
 #: What each part of search/ may import from search/ (besides itself and the storage seam).
 ALLOWED = {
     "task": set(),
-    "trial": {"task"},
+    "deploy": set(),  # the deployable forms of a compressed model (ONNX, C): torch and onnx only
+    "trial": {"task", "deploy"},
     "results": set(),
     "searcher": {"task", "trial", "results"},
-    "driver": {"task", "trial", "searcher", "results"},
-    "present": {"task", "trial", "results"},
+    "driver": {"task", "trial", "searcher", "results", "deploy"},
+    "present": {"task", "trial", "results", "deploy"},
 }
 SEAM = {"storage", "lease"}  # the filesystem seam and the one lease/process check: everyone may use them
 

@@ -244,25 +244,27 @@ def member(run) -> pd.Series:
     return (squeezed if len(squeezed) else front).iloc[0]
 
 
-@pytest.mark.parametrize("fmt,suffix", [("slim", ".slim"), ("onnx", ".onnx"), ("torchscript", ".pt")])
+@pytest.mark.parametrize("fmt,suffix", [("slim", ".slim"), ("onnx", ".onnx"), ("onnx-dense", ".onnx"),
+                                        ("torchscript", ".pt"), ("c", "")])
 def test_export_reloads_and_predicts_like_the_sweeps_model(run, member, tmp_path, capsys, fmt, suffix):
     out = tmp_path / f"model{suffix}"
-    assert main(["export", str(run), "--trial", str(int(member["trial_number"])), "--format", fmt,
-                 "--out", str(out)]) == 0
+    flags = ["--format", "onnx", "--dense"] if fmt == "onnx-dense" else ["--format", fmt]
+    assert main(["export", str(run), "--trial", str(int(member["trial_number"])), *flags, "--out", str(out)]) == 0
     raw, x = _digits()
     model = compress.load(run / member["artifact"])
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     exported = load_exported(out)
-    assert exported.format == fmt
-    got = exported.logits(x)
+    assert exported.format == fmt.removesuffix("-dense")
+    got = exported.logits(exported.model_input(raw))  # onnx and c take the raw pixels
     assert got.shape == want.shape
-    tol = ONNX_ATOL if fmt == "onnx" else 1e-6
+    tol = ONNX_ATOL * max(1.0, float(np.abs(want).max())) if fmt in ("onnx", "onnx-dense", "c") else 1e-6
     assert float(np.max(np.abs(got - want))) <= tol
     assert np.array_equal(got.argmax(1), want.argmax(1))
     # the manifest
     m = exported.manifest
     assert m["format"] == fmt and m["trial"]["trial_number"] == int(member["trial_number"])
+    assert m.get("raw_input", False) is (fmt in ("onnx", "onnx-dense", "c"))
     assert m["trial"]["trial_id"] == member["trial_id"] and m["trial"]["seed"] == int(member["seed"])
     assert m["trial"]["on_front"] is True
     assert m["params"]["width"] == int(member["width"]) and m["params"]["lr"] == pytest.approx(member["lr"])
@@ -274,11 +276,17 @@ def test_export_reloads_and_predicts_like_the_sweeps_model(run, member, tmp_path
     if fmt == "slim":  # the very artifact whose length is size_bytes
         assert out.read_bytes() == (run / member["artifact"]).read_bytes()
         assert out.stat().st_size == member["size_bytes"]
-    if fmt == "onnx":
+    if fmt in ("onnx", "onnx-dense"):
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-        assert json.loads(props["slimtune"])["check"]["onnxruntime_max_abs_diff"] <= ONNX_ATOL
+        assert json.loads(props["classes"]) == list(range(10))
+        manifest = json.loads(props["slimtune"]) if fmt == "onnx-dense" else json.loads(Path(f"{out}.json").read_text())
+        assert manifest["check"]["onnxruntime_max_abs_diff"] <= ONNX_ATOL * 100
+        if fmt == "onnx":  # the compressed file holds only the labels besides the graph
+            assert set(props) == {"classes"} and manifest["onnx_bytes"] == out.stat().st_size
+    if fmt == "c":
+        assert (out / "model.h").is_file() and m["c"]["flash_bytes"] > 0 and m["c"]["ram_bytes"] > 0
     # predict: a CSV of raw digits pixels, header row or not
     csv = tmp_path / "digits.csv"
     pd.DataFrame(raw[:200], columns=[f"pixel_{i}" for i in range(64)]).to_csv(csv, index=False)

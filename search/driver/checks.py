@@ -33,6 +33,31 @@ def check_task(spec: Spec, data: Data) -> None:
         raise SpecError("task.model", "must build a torch.nn.Module from the trial's config", spec.task.model,
                         f"{type(exc).__name__}: {exc}") from None
     _check_forward(spec, data, model)
+    _check_deployable(spec, data, model)
+
+
+def _check_deployable(spec: Spec, data: Data, model) -> None:
+    """An objective or constraint on a deployed size needs its export to cover the model (and a
+    C compiler for flash_bytes/ram_bytes), checked here rather than in every trial."""
+    from slimtune.search.trial import deploy_wanted
+
+    wanted = deploy_wanted(spec)
+    if not wanted:
+        return
+    from slimtune.search import deploy
+
+    named = next(m for m in spec.metric_names + [b.metric for b in spec.constraints] if m in wanted)
+    field = f"objectives.{named}" if named in spec.metric_names else f"constraints.{named}"
+    if any(m in wanted for m in deploy.C_METRICS) and deploy.find_compiler() is None:
+        raise SpecError(field, "is measured by compiling each trial's C export, which needs a C compiler", "none found",
+                        "install gcc or clang (or set CC) on every machine that runs trials, or drop this metric")
+    try:
+        graph = deploy.graph_of(model, data.input_shape, data.preprocess, data.kind)
+        if any(m in wanted for m in deploy.C_METRICS):
+            deploy.c_source(graph)
+    except deploy.Unsupported as exc:
+        raise SpecError(field, "needs an export that covers every layer of the model", str(exc),
+                        "see the supported layers in the docs (compression page)") from None
 
 
 def _check_forward(spec: Spec, data: Data, model) -> None:

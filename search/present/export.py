@@ -7,12 +7,14 @@ preprocessing, library versions):
 * ``slim``        the trial's artifact, byte for byte (its length is the trial's ``size_bytes``;
                   ``compress.load`` reads it), plus the manifest in a sidecar ``<file>.json``;
 * ``torchscript`` ``torch.jit.trace`` of the model, manifest in ``_extra_files["slimtune.json"]``;
-* ``onnx``        ``torch.onnx.export`` (opset 17, dynamic batch), manifest in the model's
-                  ``metadata_props["slimtune"]``. Checked when written: onnxruntime's logits
-                  equal PyTorch's within :data:`ONNX_ATOL` on seeded random inputs.
+* ``onnx``        the compressed ONNX of :mod:`search.deploy` (integer codes dequantized by
+                  ``DequantizeLinear``, raw features in), manifest in ``<file>.json``; with
+                  ``dense=True`` dense fp32 from ``torch.onnx.export``, manifest in its
+                  ``metadata_props["slimtune"]`` (:mod:`search.present.deploy_export`);
+* ``c``           a folder: ``model.h``, ``model.c`` (C99 for microcontrollers), ``slimtune.json``.
 
-ONNX and TorchScript hold the model as dense fp32 (the weights after pruning and quantization,
-so the same numbers), so they are larger than the ``slim`` file.
+Both ONNX files and the C export are checked when written: their outputs equal PyTorch's on
+seeded inputs within a stated tolerance. TorchScript holds the model as dense fp32.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ from slimtune.search.results.table import load_results, sweep_meta, write_atomic
 from slimtune.search.storage import Storage
 from slimtune.spaces import BUILTIN_DATASETS, SpecError, shown_columns
 
-FORMATS = {"slim": ".slim", "onnx": ".onnx", "torchscript": ".pt"}
-#: Largest absolute difference allowed between onnxruntime's and PyTorch's logits.
-ONNX_ATOL = 1e-4
-MANIFEST_KEY = "slimtune"  # ONNX metadata_props key
+FORMATS = {"slim": ".slim", "onnx": ".onnx", "onnx-dense": ".onnx", "torchscript": ".pt", "c": ""}  # c: a folder
+MANIFEST_KEY = "slimtune"  # the dense ONNX file's metadata_props key
 EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
 EXPORT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"
@@ -187,16 +187,18 @@ def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", m
 def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, *, trust_code: bool = False) -> Path:
     """Write trial ``trial`` (number or id) of the sweep at ``path`` as ``fmt`` to ``out``.
 
+    ``fmt``: ``slim``, ``onnx`` (compressed), ``onnx-dense`` (dense fp32), ``torchscript``, or
+    ``c`` (``out`` is a folder: ``model.h``, ``model.c``, ``slimtune.json``).
     ``trust_code``: a trial whose model is a ``module:function`` hook is imported and run
     only with it (the ``slim`` format copies the bytes and runs nothing).
     """
     if fmt not in FORMATS:
-        raise SpecError("--format", f"must be one of {', '.join(FORMATS)}", fmt)
+        raise SpecError("fmt", f"must be one of {', '.join(FORMATS)}", fmt)
     st = Storage.open(path, "path")
     row = find_trial(load_results(st), trial)
     blob = artifact_bytes(st, row)
     out = Path(out)
-    if out.is_dir():
+    if out.is_dir() and fmt != "c":
         raise SpecError("--out", "must be a file path, not a folder", str(out),
                         f"e.g. {out / ('model' + FORMATS[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,10 +209,16 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, 
         return out
     model = model_from_artifact(blob, sweep_meta(st).get("base_dir"), trust_code=trust_code, field="artifact",
                                 label=st.uri_of(str(row["artifact"])))
+    from slimtune.search.present import deploy_export
+
     if fmt == "torchscript":
         _write_torchscript(model, manifest, out)
+    elif fmt == "c":
+        deploy_export.write_c_folder(model, manifest, out)
+    elif fmt == "onnx-dense":
+        deploy_export.write_dense_onnx(model, manifest, out)
     else:
-        _write_onnx(model, manifest, out)
+        deploy_export.write_onnx(model, manifest, out)
     return out
 
 
@@ -279,34 +287,3 @@ def _write_torchscript(model, manifest: dict[str, Any], out: Path) -> None:
         traced = torch.jit.trace(model, example)
         torch.jit.save(traced, buf, _extra_files={EXTRA_FILE: json.dumps(manifest)})
     write_atomic(out, buf.getvalue())
-
-
-def _write_onnx(model, manifest: dict[str, Any], out: Path) -> None:
-    import io
-
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    shape = manifest["model"]["input_shape"]
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        # The TorchScript-based exporter: no onnxscript needed; our models are plain feed-forward.
-        torch.onnx.export(model, (torch.zeros(1, *shape),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    proto = onnx.load_from_string(buf.getvalue())
-    probe = _probe(shape)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input": probe})[0]
-    with torch.no_grad():
-        want = model(torch.from_numpy(probe)).numpy()
-    diff = float(np.max(np.abs(got - want)))
-    if not diff <= ONNX_ATOL:
-        raise RuntimeError(f"ONNX export disagrees with PyTorch: max |logit difference| {diff:.3g} > {ONNX_ATOL}")
-    manifest = {**manifest, "check": {"onnxruntime_max_abs_diff": diff, "tolerance": ONNX_ATOL,
-                                      "inputs": f"{len(probe)} seeded standard-normal rows"}}
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest)
-    write_atomic(out, proto.SerializeToString())
