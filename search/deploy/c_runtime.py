@@ -181,6 +181,7 @@ static int st_argmax(const float *x, st_i n)
 #: Each activation: its C expression of ``v``, and whether it needs <math.h>.
 ACTIVATIONS = {
     "relu": ("v > 0.0f ? v : 0.0f", False),
+    "scale": ("v * {factor}", False),
     "leaky_relu": ("v > 0.0f ? v : v * {alpha}", False),
     "hardtanh": ("v < {min} ? {min} : (v > {max} ? {max} : v)", False),
     "sigmoid": ("1.0f / (1.0f + expf(-v))", True),

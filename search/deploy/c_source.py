@@ -111,10 +111,11 @@ class _Emitter:
         if fn == "gelu" and a.get("approximate") == "tanh":
             fn = "gelu_tanh"
         expr, needs_math = ACTIVATIONS[fn]
-        expr = expr.format(alpha=_f(a.get("alpha", 0.0)), min=_f(a.get("min", 0.0)), max=_f(a.get("max", 0.0)))
+        expr = expr.format(alpha=_f(a.get("alpha", 0.0)), min=_f(a.get("min", 0.0)), max=_f(a.get("max", 0.0)),
+                           factor=_f(a.get("factor", 1.0)))
         key = expr
         if key not in self.acts:
-            self.acts[key] = f"{fn}{len(self.acts)}" if fn in ("leaky_relu", "hardtanh") else fn
+            self.acts[key] = f"{fn}{len(self.acts)}" if fn in ("leaky_relu", "hardtanh", "scale") else fn
             self.math |= needs_math
         return self.acts[key]
 

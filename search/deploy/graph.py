@@ -29,7 +29,7 @@ LAYERS = {
     "bn": "nn.BatchNorm1d/2d in eval mode: folded into the Linear/Conv before it, else a per-channel affine",
     "act": "ReLU, ReLU6, Hardtanh, LeakyReLU, Sigmoid, Tanh, SiLU, GELU (modules, torch.* and F.* forms)",
     "pool": "nn.MaxPool1d/2d, nn.AvgPool1d/2d (no ceil_mode), AdaptiveAvgPool1d/2d(1), mean over the spatial dims",
-    "add": "residual add of two tensors of one shape (x + y, torch.add)",
+    "add": "residual add of two tensors of one shape (x + y, torch.add); a tensor times or over a number",
     "reshape": "Flatten, Unflatten, view, reshape, flatten (the batch dimension kept)",
     "skip": "Identity, Dropout (no-ops at inference)",
 }
@@ -191,6 +191,8 @@ def _trace(model: nn.Module, shape: tuple[int, ...]) -> tuple[list[Op], str]:
                 raise Unsupported("output", "the model must return one tensor")
             out = names[arg]
         elif not isinstance(value, torch.Tensor):
+            if node.op == "call_module":
+                raise Unsupported(_label(node, modules), "this layer is not supported by the compressed exports")
             continue  # x.size(0), x.shape: only read by reshapes, whose result shape is recorded
         else:
             op = _translate(node, modules, names, value, shapes)
@@ -308,6 +310,13 @@ def _function_op(node: fx.Node, where: str) -> tuple | None:
         raise Unsupported(where, f"the tensor method .{target}() is not supported by the compressed exports")
     if target in (operator.add, torch.add):
         return "add", {}, None, None
+    if target in (operator.mul, torch.mul, operator.truediv, torch.div):
+        numbers = [a for a in node.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        if len(numbers) != 1 or len(node.args) != 2 or (target in (operator.truediv, torch.div)
+                                                          and not isinstance(node.args[0], fx.Node)):
+            raise Unsupported(where, "only a product (or quotient) of a tensor and a number is supported")
+        factor = float(numbers[0]) if target in (operator.mul, torch.mul) else 1.0 / float(numbers[0])
+        return "act", {"fn": "scale", "factor": factor}, None, None
     if target in _RESHAPE_FUNCTIONS:
         return "reshape", {}, None, None
     if target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, torch.mean):

@@ -179,6 +179,8 @@ class _Writer:
             return self.node("LeakyRelu", [x], alpha=a["alpha"])
         if fn == "gelu":
             return self.node("Gelu", [x], approximate=a["approximate"])
+        if fn == "scale":
+            return self.node("Mul", [x, self.floats(np.float32(a["factor"]).reshape(()))])
         if fn == "hardtanh":
             lo, hi = (self.floats(np.float32(v).reshape(())) for v in (a["min"], a["max"]))
             return self.node("Clip", [x, lo, hi])

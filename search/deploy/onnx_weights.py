@@ -7,9 +7,9 @@ per output channel, or one per tensor). What feeds it is one of:
 * ``packed``: every code at its exact width (e.g. 5 or 6 bits) in one byte string, unpacked by
   the model-local function ``s.U``;
 * ``sparse``: only the stored elements (the non-zero codes) and where they are: a 1-bit mask
-  (``s.U`` then ``NonZero``) or the gaps between them (``s.G``; a gap longer than its width
-  allows gets a filler element holding the channel's zero point), expanded to the dense codes
-  by ``s.E`` with every other element at its channel's zero point.
+  (unpacked by ``s.U``, expanded by ``s.M``) or the gaps between them (``s.G``; a gap longer than
+  its width allows gets a filler element holding the channel's zero point, expanded by ``s.E``),
+  every other element at its channel's zero point.
 
 Every function works on initializers only, so onnxruntime folds it into a constant when the
 session is created. A float32 weight (not quantized) takes the same layouts with float values.
@@ -89,7 +89,7 @@ def choose(w: Weight, *, sparse: bool, unpack: bool) -> Layout:
             where.append((gaps, pos, gb, not native, (len(gaps) * gb + 7) // 8 + HEADER + NODE + (
                 HEADER + NODE if not native else 0)))
         if unpack:
-            where.append((None, np.flatnonzero(flat), 1, True, (n + 7) // 8 + 1 + 2 * HEADER + 3 * NODE))
+            where.append((None, np.flatnonzero(flat), 1, True, (n + 7) // 8 + 1 + 2 * HEADER + 2 * NODE))
         for gaps, pos, gb, gpacked, pcost in where:
             for vb, vpacked in vbits:
                 cost = fixed + pcost + (len(pos) * vb + 7) // 8 + (HEADER + NODE if vpacked or vb != 8 else 0)
@@ -142,7 +142,21 @@ def expand_function(opset: int) -> FunctionProto:
     return helper.make_function(DOMAIN, "E", ["p", "v", "f", "r"], ["y"], nodes, [helper.make_opsetid("", opset)])
 
 
-FUNCTIONS = {"U": unpack_function, "G": gaps_function, "E": expand_function}
+def mask_function(opset: int) -> FunctionProto:
+    """``M(m, v, f, r)``: the ``[C, fan-in]`` tensor whose transpose (shape ``r``) holds, where
+    the mask ``m`` (one uint8 0/1 per element, channel-last order) is set, the next of the values
+    ``v``, and elsewhere its column's fill ``f``."""
+    c = helper.make_node
+    nodes = [c("Constant", [], ["a"], value_int=0), c("Constant", [], ["o"], value_ints=[1]),
+             c("Cast", ["m"], ["i"], to=TensorProto.INT64), c("CumSum", ["i", "a"], ["p"]),
+             c("Sub", ["p", "o"], ["q"]),             # index among v (-1, the last, before the first)
+             c("Gather", ["v", "q"], ["g"]), c("Reshape", ["g", "r"], ["g2"]),
+             c("Reshape", ["m", "r"], ["m2"]), c("Cast", ["m2"], ["b"], to=TensorProto.BOOL),
+             c("Where", ["b", "g2", "f"], ["d"]), c("Transpose", ["d"], ["y"])]
+    return helper.make_function(DOMAIN, "M", ["m", "v", "f", "r"], ["y"], nodes, [helper.make_opsetid("", opset)])
+
+
+FUNCTIONS = {"U": unpack_function, "G": gaps_function, "E": expand_function, "M": mask_function}
 
 
 class Encoder:
@@ -186,15 +200,6 @@ class Encoder:
 
     def _sparse(self, w: Weight, lay: Layout, values: np.ndarray, codes: np.ndarray | None) -> str:
         wr = self.wr
-        wr.used.add("E")
-        if lay.gaps is None:  # a 1-bit mask
-            bits = self._unpacked(values.reshape(-1) != 0, 1)
-            pos = wr.node("Reshape", [wr.node("NonZero", [bits]), wr.const((-1,))])
-        else:
-            wr.used.add("G")
-            gaps = (self._unpacked(lay.gaps, lay.gap_bits) if lay.gap_packed else
-                    wr.init(TYPES[lay.gap_bits], (len(lay.gaps),), pack_bits(lay.gaps, lay.gap_bits)))
-            pos = wr.node("G", [gaps], domain=DOMAIN)
         shape = values.shape
         if codes is None:
             vals, fill = wr.floats(values.reshape(-1)[lay.positions]), wr.floats(np.zeros((), np.float32))
@@ -207,8 +212,16 @@ class Encoder:
                 if lay.value_bits != 8:
                     vals = wr.node("Cast", [vals], to=TensorProto.UINT8)
             fill = self._zero8(w)
+        if lay.gaps is None:  # a 1-bit mask
+            wr.used.add("M")
+            bits = self._unpacked(values.reshape(-1) != 0, 1)
+            return wr.node("M", [bits, vals, fill, wr.const(shape)], domain=DOMAIN)
+        wr.used.add("E")
+        wr.used.add("G")
+        gaps = (self._unpacked(lay.gaps, lay.gap_bits) if lay.gap_packed else
+                wr.init(TYPES[lay.gap_bits], (len(lay.gaps),), pack_bits(lay.gaps, lay.gap_bits)))
+        pos = wr.node("G", [gaps], domain=DOMAIN)
         return wr.node("E", [pos, vals, fill, wr.const(shape)], domain=DOMAIN)
-
     def _coo(self, w: Weight, per_channel: bool) -> str:
         """A sparse initializer (onnxruntime makes it dense when it loads the model): the non-zero
         values, as INT8 differences from their channel's zero point, dequantized with none."""
