@@ -226,3 +226,49 @@ def test_an_onnxruntime_only_venv_predicts_the_test_split_like_compress_load(tmp
     assert json.loads(out.stdout) == want.argmax(1).tolist()
     _close(np.load(tmp_path / "y.npy"), want)
     assert (want.argmax(1) == y[1400:]).mean() > 0.7  # a trained model, not a constant
+
+
+def _flash_spec(**over) -> dict:
+    from tests.test_sweep import digits_spec
+
+    spec = digits_spec(name="t-flash", objectives={"accuracy": "max", "flash_bytes": "min"},
+                       constraints={"onnx_bytes": {"max": 1_000_000}})
+    spec["search"] = {**spec["search"], "trials": 3}
+    spec.update(over)
+    return spec
+
+
+def test_a_sweep_on_flash_bytes_reports_what_the_compiler_reports_for_its_exports(ray_session, tmp_path):
+    import yaml
+
+    from slimtune.cli import main
+    from slimtune.search import export_trial, load_results, pareto_front
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_flash_spec()))
+    out = tmp_path / "run"
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
+    df = load_results(out)
+    ok = df[df["status"] == "ok"]
+    assert len(ok) >= 3 and ok[["flash_bytes", "ram_bytes", "onnx_bytes"]].notna().all().all()
+    assert list(pareto_front(df).columns).count("flash_bytes") == 1
+    for _, row in ok.head(3).iterrows():
+        n = int(row["trial_number"])
+        export_trial(out, n, "c", tmp_path / f"c{n}")
+        c = json.loads((tmp_path / f"c{n}" / "slimtune.json").read_text())["c"]
+        assert (c["flash_bytes"], c["ram_bytes"]) == (int(row["flash_bytes"]), int(row["ram_bytes"]))
+        export_trial(out, n, "onnx", tmp_path / f"m{n}.onnx")
+        assert (tmp_path / f"m{n}.onnx").stat().st_size == int(row["onnx_bytes"])
+
+
+def test_flash_bytes_without_a_c_compiler_stops_before_ray_starts(monkeypatch, tmp_path):
+    from slimtune.search.driver.checks import prepare
+    from slimtune.spaces import parse_spec
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert deploy.find_compiler() is None
+    with pytest.raises(SpecError) as err:
+        prepare(parse_spec(_flash_spec()), tmp_path / "run")
+    assert str(err.value).startswith("objectives.flash_bytes") and "C compiler" in str(err.value)
+    assert not (tmp_path / "run" / "sweep.json").exists()
