@@ -267,3 +267,20 @@ def _column_doc(column: str, keys: dict[str, str]) -> str:
             return (f"`space.{column}`: " if table is SPACE_DOCS else "") + table[column]
     raise ValueError(f"results column {column!r} has no declared description (add it to ROW_DOCS in "
                      "spaces/_metrics.py, or doc= to its Metric or Key)")
+
+
+# --- the deployment page's table of supported layers -------------------------------------------
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """``{{ deploy_layers }}`` in a page: the layers the compressed exports cover, from
+    ``slimtune.search.deploy.LAYERS`` (both formats) and the C export's ``C_LAYERS``."""
+    if "{{ deploy_layers }}" not in markdown:
+        return markdown
+    from slimtune.search.deploy import LAYERS
+    from slimtune.search.deploy.c_source import C_LAYERS
+
+    rows = ["| layers | compressed ONNX | C |", "|---|---|---|"]
+    for kind, doc in LAYERS.items():
+        in_c = kind in C_LAYERS or kind in ("bn", "skip")  # folded / dropped before C sees them
+        rows.append(f"| {_cell(doc)} | yes | {'yes' if in_c else 'no'} |")
+    return markdown.replace("{{ deploy_layers }}", "\n".join(rows))

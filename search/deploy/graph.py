@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from slimtune import compress
 
+from .layer_attrs import Unsupported, bn_attrs, conv_attrs, pool_attrs
+
 #: What the graph covers, by kind of op (the docs' table of supported layers comes from here).
 LAYERS = {
     "linear": "nn.Linear",
@@ -33,14 +35,6 @@ LAYERS = {
     "reshape": "Flatten, Unflatten, view, reshape, flatten (the batch dimension kept)",
     "skip": "Identity, Dropout (no-ops at inference)",
 }
-
-
-class Unsupported(ValueError):
-    """A model the compressed exports cannot express: ``layer`` is the module path or function."""
-
-    def __init__(self, layer: str, what: str) -> None:
-        super().__init__(f"{layer}: {what}")
-        self.layer, self.what = layer, what
 
 
 @dataclass(frozen=True)
@@ -270,9 +264,9 @@ def _module_op(m: nn.Module, where: str) -> tuple | None:
     if isinstance(m, nn.Linear):
         return "linear", {}, _weight_of(m), _bias_of(m)
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        return "conv", _conv_attrs(m, where), _weight_of(m), _bias_of(m)
+        return "conv", conv_attrs(m, where), _weight_of(m), _bias_of(m)
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return "bn", _bn_attrs(m, where), None, None
+        return "bn", bn_attrs(m, where), None, None
     for cls, fn in _ACT_MODULES.items():
         if type(m) is cls:
             return "act", {"fn": fn}, None, None
@@ -287,7 +281,7 @@ def _module_op(m: nn.Module, where: str) -> tuple | None:
     if isinstance(m, (nn.Flatten, nn.Unflatten)):
         return "reshape", {}, None, None
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
-        return "pool", _pool_attrs(m, where), None, None
+        return "pool", pool_attrs(m, where), None, None
     if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
         size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
         if any(s != 1 for s in size):
@@ -336,50 +330,6 @@ def _function_op(node: fx.Node, where: str) -> tuple | None:
     elif fn == "gelu":
         attrs["approximate"] = str(kw.get("approximate", "none"))
     return "act", attrs, None, None
-
-
-def _pairs(v: Any, n: int) -> tuple[int, ...]:
-    return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * n
-
-
-def _conv_attrs(m: nn.Module, where: str) -> dict[str, Any]:
-    n = m.weight.dim() - 2
-    if m.padding_mode != "zeros":
-        raise Unsupported(where, f"padding_mode {m.padding_mode!r} is not supported (only 'zeros')")
-    kernel, dilation = _pairs(m.kernel_size, n), _pairs(m.dilation, n)
-    if m.padding == "valid":
-        begin = end = (0,) * n
-    elif m.padding == "same":
-        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
-        begin, end = tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
-    else:
-        begin = end = _pairs(m.padding, n)
-    return {"kernel": kernel, "stride": _pairs(m.stride, n), "pads": begin + end, "dilation": dilation,
-            "groups": int(m.groups)}
-
-
-def _pool_attrs(m: nn.Module, where: str) -> dict[str, Any]:
-    n = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) else 2
-    if m.ceil_mode:
-        raise Unsupported(where, "ceil_mode=True is not supported")
-    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)) and any(d != 1 for d in _pairs(m.dilation, n)):
-        raise Unsupported(where, "a dilated max pooling is not supported")
-    if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
-        raise Unsupported(where, "divisor_override is not supported")
-    stride = m.stride if m.stride is not None else m.kernel_size
-    pad = _pairs(m.padding, n)
-    return {"mode": "max" if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)) else "avg",
-            "kernel": _pairs(m.kernel_size, n), "stride": _pairs(stride, n), "pads": pad + pad,
-            "include_pad": bool(getattr(m, "count_include_pad", True))}
-
-
-def _bn_attrs(m: nn.Module, where: str) -> dict[str, Any]:
-    if m.running_mean is None or m.running_var is None:
-        raise Unsupported(where, "a BatchNorm without running statistics (track_running_stats=False) is not supported")
-    g = (m.weight.detach().float() if m.affine else torch.ones_like(m.running_var)) / torch.sqrt(
-        m.running_var.float() + m.eps)
-    shift = (m.bias.detach().float() if m.affine else torch.zeros_like(m.running_mean)) - m.running_mean.float() * g
-    return {"gain": g.cpu().numpy().astype(np.float32), "shift": shift.cpu().numpy().astype(np.float32)}
 
 
 def _fold_batchnorm(ops: list[Op], result: str) -> tuple[list[Op], str]:

@@ -82,7 +82,7 @@ def choose(w: Weight, *, sparse: bool, unpack: bool) -> Layout:
         fixed = 2 * HEADER + 2 * NODE + 16 + (NODE + HEADER + 8 * len(w.shape) if len(w.shape) > 2 else 0)
         where = []
         for gb in (1, 2, 3, 4, 5, 6, 7, 8):
-            native = gb in TYPES
+            native = gb in (4, 8)  # UINT2 needs opset 25: a 2-bit gap stream is packed (s.U)
             if not (native or unpack):
                 continue
             gaps, pos = gap_stream(flat, 2**gb - 1)

@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from slimtune.search.present.deploy_export import C_MANIFEST
-from slimtune.search.present.export import EXTRA_FILE, MANIFEST_KEY, ZIP_MAGIC, model_from_artifact, sidecar
+from slimtune.search.present.export import (
+    EXTRA_FILE,
+    MANIFEST_KEY,
+    TRUST_FLAG,
+    ZIP_MAGIC,
+    model_from_artifact,
+    sidecar,
+)
 from slimtune.spaces import SpecError
 
 
@@ -82,11 +89,16 @@ def export_format(path: str | Path) -> str:
 def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = False) -> Exported:
     """Load a file written by :func:`export_trial` (any of the three formats).
 
-    ``trust_code``: a ``slim`` model that is a ``module:function`` hook is imported only with it.
+    ``trust_code``: a ``slim`` model that is a ``module:function`` hook is imported only with it,
+    and a C export (a folder) is compiled and run only with it.
     """
     fmt = export_format(path)
     path = Path(path)
     if fmt == "c":
+        if not trust_code:
+            raise SpecError("model", f"a C export is compiled and run on this machine only with {TRUST_FLAG} "
+                            "(trust_code=True)", str(path),
+                            f"add {TRUST_FLAG} if you trust where this folder came from")
         manifest = json.loads((path / C_MANIFEST).read_text())
         batch = 1 << 30  # one compiled harness for all rows
 
