@@ -114,3 +114,34 @@ def prepare(spec: Spec, out: str | Path | Storage, base_dir: str | Path | None =
     data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)
     check_task(spec.for_kind(data.kind), data)
     return data, st
+
+
+def check_fits(spec: Spec, nodes: list[dict[str, float]], where: str) -> None:
+    """A trial's ``resources`` must fit on one of ``nodes`` (each node's resources, Ray's names
+    ``CPU``/``GPU``), else Ray would wait for them for ever: one line naming the field."""
+    need = {"GPU": float(spec.resources.gpu), "CPU": float(spec.resources.cpu)}
+    if any(all(n.get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
+        return
+    most = {k: max((float(n.get(k, 0.0)) for n in nodes), default=0.0) for k in need}
+    key = next((k for k in need if need[k] > most[k]), "GPU" if need["GPU"] else "CPU")
+    have = f"the most on one node of {where} is {most[key]:g}"
+    if all(need[k] <= most[k] for k in need):
+        have = f"no node of {where} has {need['CPU']:g} CPUs and {need['GPU']:g} GPUs together"
+    fix = ("use gpu: 0 (train on CPUs), or run on a cluster with a GPU node" if key == "GPU" else
+           f"use cpu: {max(1, int(most['CPU']))} or less, or add a larger node")
+    raise SpecError(f"resources.{key.lower()}", f"must fit on one node ({have})", need[key],
+                    f"{fix}; otherwise Ray waits for it for ever")
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """The one node a local Ray started here will have: this machine's CPUs and the GPUs torch sees."""
+    import torch
+
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of each live node of the Ray cluster this process is connected to."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]

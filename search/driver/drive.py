@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from slimtune.search.driver.checks import check_fits, cluster_nodes
 from slimtune.search.driver.place import SweepPlace, artifact_sink, aws_keys_hidden
 from slimtune.search.driver.signals import INTERRUPTED, catch_sigint, raise_if_interrupted, restore_sigint
 from slimtune.search.driver.terminal import debug, one_line, quiet_ray, quiet_worker
@@ -126,6 +127,7 @@ def drive(session: Session, record: Record) -> None:
     previous, started, sink = catch_sigint(), False, None
     try:
         started = init_ray(session.address)
+        check_fits(session.spec, cluster_nodes(), "the Ray cluster")
         sink = artifact_sink(session.place.storage)
         tuner = _tuner(session, record, sink)
         with aws_keys_hidden():  # a local Ray's workers got them as it started: they inherit its environment

@@ -19,13 +19,14 @@ The parts, by job: :mod:`search.driver.checks` (bad input before Ray starts),
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from slimtune.search.driver.checks import check_task, prepare
+from slimtune.search.driver.checks import check_fits, check_task, local_nodes, prepare
 from slimtune.search.driver.drive import Session, directions, drive, make_sampler  # noqa: F401
 from slimtune.search.driver.place import SweepLock, SweepPlace
 from slimtune.search.results.record import Record
@@ -51,6 +52,8 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
     if warm_start is not None:
         sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, storage = prepare(spec, out, base_dir)
+    if address is None and not os.environ.get("RAY_ADDRESS") and not _ray_running():
+        check_fits(spec, local_nodes(), "this machine")  # the local Ray the sweep would start
     storage = storage.holding_env_keys()  # for the driver only (lease, record): never pickled with its keys
     spec = spec.for_kind(data.kind)  # default objectives follow the task kind found in the data
     storage.makedirs()
@@ -70,6 +73,12 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         finally:
             place.close()
     return load_results(storage)
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _new_meta(spec: Spec, data: Data, base_dir: str | Path | None) -> dict[str, Any]:
