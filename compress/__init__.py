@@ -26,12 +26,12 @@ This package imports torch, numpy and the standard library only
 (`StructuredPrune` imports torch_pruning when it runs).
 """
 
-from ._artifact import dense_bytes, save
+from ._artifact import check_reloads, dense_bytes, save
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
 from ._int8 import Int8Linear, to_int8
 from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._mixed import assign_bits, average_bits, layer_sensitivity, output_kl, output_mse, stored_widths
-from ._models import build_model, prunable_modules, recipe_of
+from ._models import build_model, prunable_modules, recipe_of, unreached_layers
 from ._prune import (
     MagnitudePrune,
     apply_masks_,
@@ -52,6 +52,7 @@ __all__ = [
     "QParams",
     "applied_configs",
     "apply_masks_",
+    "check_reloads",
     "assign_bits",
     "average_bits",
     "build_model",
@@ -80,5 +81,6 @@ __all__ = [
     "summary",
     "to_int8",
     "UntrustedCodeError",
+    "unreached_layers",
     "weight_codes",
 ]

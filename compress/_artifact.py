@@ -57,7 +57,7 @@ import os
 import secrets
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -106,6 +106,35 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, recipe: dict[str, An
             os.unlink(tmp)
         raise
     return len(blob)
+
+
+def check_reloads(model: nn.Module, blob: bytes, builder: Callable[[dict[str, Any]], nn.Module]) -> None:
+    """Raise ValueError unless the artifact ``blob`` of the ``module:function`` model ``model``
+    reloads (with ``builder``, the hook's function) to a model computing what ``model`` computes
+    on two probe rows: a layer whose size or state the artifact cannot restore would not. `save`
+    imports nothing, so the caller that runs the hook anyway (a sweep's trial) checks."""
+    from ._load import load, read_manifest
+
+    recipe = read_manifest(blob)["recipe"]
+    if recipe.get("arch") != "hook" or "input_shape" not in recipe:
+        return
+    x = torch.randn(2, *recipe["input_shape"], generator=torch.Generator().manual_seed(0))
+    was = model.training
+    try:
+        with torch.no_grad():
+            want = model.eval()(x)
+            try:
+                got = load(blob, builders={recipe["hook"]: builder})(x)
+            except Exception as exc:  # the artifact of this model does not even load
+                raise ValueError(f"the artifact of {recipe['hook']!r} does not reload ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]})") from None
+    finally:
+        model.train(was)
+    if not isinstance(want, torch.Tensor) or got.shape != want.shape or not torch.allclose(
+            got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(want.abs().max()))):
+        diff = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
+        raise ValueError(f"the artifact of {recipe['hook']!r} does not reload to the same model (max |output "
+                         f"difference| {diff:.3g}); a layer or attribute it holds cannot be rebuilt as saved")
 
 
 def dense_bytes(model: nn.Module, recipe: dict[str, Any] | None = None) -> int:

@@ -182,8 +182,8 @@ def _fill(model: nn.Module, recipe: dict[str, Any], tensors: list[dict[str, Any]
 def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
     """In place: give named parameters/buffers new shapes (values uninitialised).
 
-    Used by `load` after structured pruning; keeps Linear/Conv/BatchNorm size
-    attributes in step with their tensors.
+    Used by `load` after structured pruning; keeps Linear/Conv/BatchNorm/LayerNorm/GroupNorm
+    size attributes in step with their tensors.
     """
     modules = dict(model.named_modules())
     touched = set()
@@ -210,6 +210,10 @@ def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
         elif isinstance(module, NORMS):
             stats = getattr(module, "running_mean", None)
             module.num_features = (stats if stats is not None else module.weight).shape[0]
+        elif isinstance(module, nn.LayerNorm):
+            module.normalized_shape = tuple((module.weight if module.weight is not None else module.bias).shape)
+        elif isinstance(module, nn.GroupNorm):
+            module.num_channels = int(module.weight.shape[0])
 
 
 #: Layers whose size attributes follow their weight's shape (torch's public classes; their

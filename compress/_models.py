@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ._config import closest
 
-__all__ = ["build_model", "prunable_modules", "recipe_of"]
+__all__ = ["build_model", "prunable_modules", "recipe_of", "unreached_layers"]
 
 _KEYS = {
     "mlp": {"arch", "input_shape", "output_dim", "depth", "width"},
@@ -65,6 +65,19 @@ def recipe_of(model: nn.Module) -> dict[str, Any] | None:
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every Linear/Conv1d/Conv2d, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def unreached_layers(model: nn.Module) -> dict[str, int]:
+    """Parameters in layers the compression methods do not reach, by layer type: every module
+    with parameters of its own that is not a Linear/Conv1d/Conv2d (e.g. ``{"LayerNorm": 64}``)."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, PRUNABLE):
+            continue
+        n = sum(p.numel() for p in m.parameters(recurse=False))
+        if n:
+            out[type(m).__name__] = out.get(type(m).__name__, 0) + n
+    return out
 
 
 def _widths(recipe: dict[str, Any]) -> list[int]:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from slimtune import compress, spaces
+from slimtune.search import deploy
 from slimtune.search.storage import Storage
 from slimtune.search.task.data import Data
 from slimtune.search.task.recipe import model_recipe as recipe_for
@@ -247,8 +248,6 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
     size = store_artifact(setup, rel, _saved(model, recipe))
     wanted = deploy_wanted(setup.spec)
     if wanted:  # the deployed sizes, from the real exports of this model
-        from slimtune.search import deploy
-
         metrics.update(deploy.deployed_sizes(model, data.input_shape, data.preprocess, data.kind, wanted))
     dense_size = compress.dense_bytes(dense, recipe)  # the model before compression, as dense fp32
     return {
@@ -257,6 +256,7 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
         "dense_bytes": dense_size,
         "compression_ratio": dense_size / size,
         "params": params,
+        "uncompressed_params": sum(compress.unreached_layers(model).values()) if compress.applied_configs(model) else 0,
         "nonzero_params": nonzero,
         "latency_ms": compress.latency_ms(model, data.input_shape),
         "artifact": rel,
@@ -265,19 +265,19 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
 
 
 def deploy_wanted(spec: spaces.Spec | None) -> tuple[str, ...]:
-    """The deployment metrics (onnx_bytes, flash_bytes, ram_bytes: search.deploy's) the spec's
-    objectives or constraints name; flash and RAM come from one compile, so both or neither."""
-    named = set(spec.metric_names) | {b.metric for b in spec.constraints} if spec is not None else set()
-    c = {"flash_bytes", "ram_bytes"} if named & {"flash_bytes", "ram_bytes"} else set()
-    return tuple(m for m in ("onnx_bytes", "flash_bytes", "ram_bytes") if m in named | c)
+    """The deployment metrics the spec's objectives or constraints name (``search.deploy.wanted``)."""
+    return deploy.wanted([*spec.metric_names, *(b.metric for b in spec.constraints)]) if spec is not None else ()
 
 
 def _saved(model: nn.Module, recipe: dict[str, Any]) -> bytes:
-    """The artifact bytes of ``model`` (``compress.save``, written in this node's own scratch)."""
+    """``compress.save``'s bytes of ``model`` (in this node's scratch); a hook model's must reload the same."""
     with tempfile.TemporaryDirectory(prefix="slimtune-artifact-") as tmp:
-        path = Path(tmp) / "model.slim"
-        compress.save(model, path, recipe=recipe)
-        return path.read_bytes()
+        compress.save(model, Path(tmp) / "model.slim", recipe=recipe)
+        blob = (Path(tmp) / "model.slim").read_bytes()
+    if recipe.get("arch") == "hook":
+        module, _, fn = str(recipe["hook"]).partition(":")
+        compress.check_reloads(model, blob, getattr(importlib.import_module(module), fn))
+    return blob
 
 
 def offer_teacher(trained: Trained, setup: TrialSetup, name: str, val: float) -> dict[str, Any]:

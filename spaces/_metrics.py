@@ -67,6 +67,9 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("compression_ratio", "max", "dense_bytes / size_bytes", shown="table", worst=0.0),
     Metric("params", "min", "parameters of the (possibly pruned) model", whole=True),
     Metric("nonzero_params", "min", "parameters that are not zero", whole=True),
+    Metric("uncompressed_params", "min", "parameters in layers the row's compression could not reach (e.g. "
+           "LayerNorm, Embedding; 0 when every layer was pruned/quantized as the row says, and when the row keeps "
+           "fp32 and prunes nothing)", objective=False, whole=True),
     Metric("latency_ms", "min", "CPU latency at batch size 1"),
     Metric("train_seconds", "min", "training + compression time of the trial", objective=False),
     Metric("avg_bits", "min", "mean stored bit width over the weights (empty: nothing quantized)", objective=False),

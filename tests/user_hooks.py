@@ -71,3 +71,20 @@ def victim(config: dict) -> nn.Module:
 
 def not_a_model(config: dict):
     return "a string"
+
+
+class NormNet(nn.Module):
+    """Linear layers with LayerNorm and GroupNorm between them (structured pruning resizes both)."""
+
+    def __init__(self, in_dim: int, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width), nn.ReLU(),
+                                 nn.Linear(width, width), nn.GroupNorm(4, width), nn.ReLU(), nn.Linear(width, out_dim))
+        self.gain = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)) * self.gain
+
+
+def norm_net(config: dict) -> nn.Module:
+    return NormNet(math.prod(config["input_shape"]), int(config.get("width", 32)), int(config["output_dim"]))

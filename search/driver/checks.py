@@ -4,6 +4,7 @@ the data, the task kind, the model hook) is a :class:`spaces.SpecError` (exit 2)
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ def check_task(spec: Spec, data: Data) -> None:
                         f"{type(exc).__name__}: {exc}") from None
     _check_forward(spec, data, model)
     _check_deployable(spec, data, model)
+    unreached = compress.unreached_layers(model)
+    if unreached:  # said once per sweep, never silently: the rows count them in uncompressed_params
+        listed = ", ".join(f"{kind} ({n} parameters)" for kind, n in unreached.items())
+        print(f"slimtune: warning: compression prunes and quantizes Linear/Conv1d/Conv2d layers only; {listed} "
+              "stay float32 (column uncompressed_params)", file=sys.stderr)
 
 
 def _check_deployable(spec: Spec, data: Data, model) -> None:
@@ -54,7 +60,9 @@ def _check_deployable(spec: Spec, data: Data, model) -> None:
     try:
         graph = deploy.graph_of(model, data.input_shape, data.preprocess, data.kind)
         if any(m in wanted for m in deploy.C_METRICS):
-            deploy.c_source(graph)
+            from slimtune.search.deploy.c_source import c_source
+
+            c_source(graph)
     except deploy.Unsupported as exc:
         raise SpecError(field, "needs an export that covers every layer of the model", str(exc),
                         "see the supported layers in the docs (compression page)") from None
