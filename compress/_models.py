@@ -31,7 +31,12 @@ _REQUIRED = {
 }
 # Attribute on which `build_model` records the recipe it was given.
 _RECIPE_ATTR = "slimtune_recipe"
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: The layers magnitude pruning and quantization reach (their ``weight``; per-channel scales are
+#: per slice of its first axis: output channels, a transposed conv's input channels, an
+#: embedding's rows). Structured pruning reaches Linear/Conv1d/Conv2d (:data:`CHANNEL_PRUNABLE`).
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+            nn.Embedding)
+CHANNEL_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def build_model(recipe: dict[str, Any], *, builder: Callable[[dict[str, Any]], nn.Module] | None = None) -> nn.Module:
@@ -63,13 +68,13 @@ def recipe_of(model: nn.Module) -> dict[str, Any] | None:
 
 
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every Linear/Conv1d/Conv2d, in module order."""
+    """``(name, module)`` of every layer in :data:`PRUNABLE`, in module order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
 def unreached_layers(model: nn.Module) -> dict[str, int]:
     """Parameters in layers the compression methods do not reach, by layer type: every module
-    with parameters of its own that is not a Linear/Conv1d/Conv2d (e.g. ``{"LayerNorm": 64}``)."""
+    with parameters of its own that is not in :data:`PRUNABLE` (e.g. ``{"LayerNorm": 64}``)."""
     out: dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, PRUNABLE):

@@ -25,7 +25,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class MagnitudePrune:
-    """Zero the smallest-magnitude weights of every Linear/Conv1d/Conv2d.
+    """Zero the smallest-magnitude weights of every Linear, Conv, ConvTranspose and Embedding layer.
 
     Set exactly one of:
       sparsity:  fraction in [0, 1) of prunable weights to zero (the smallest |w|).

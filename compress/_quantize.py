@@ -79,7 +79,7 @@ class _QuantFields:
 
 @dataclasses.dataclass(frozen=True)
 class AffineQuantize(_QuantFields):
-    """Quantize every Linear/Conv1d/Conv2d weight to ``bits`` (2..8) bits.
+    """Quantize every Linear, Conv, ConvTranspose and Embedding weight to ``bits`` (2..8) bits.
 
     Mixed precision: ``bits_first``/``bits_last`` (2..8) set the first and last
     layer's width, ``layer_bits`` (``{module name: width}``, kept as ``(name, width)``
@@ -262,7 +262,8 @@ def _fake_quantize(model: nn.Module, config: FakeQuantize) -> nn.Module:
         parametrize.register_parametrization(
             module, "weight", _FakeQuant(widths[name], config.per_channel, config.symmetric, config.fp16)
         )
-        if config.fp16 and isinstance(module.bias, nn.Parameter) and module.bias.dtype == torch.float32:
+        bias = getattr(module, "bias", None)  # an Embedding has none
+        if config.fp16 and isinstance(bias, nn.Parameter) and bias.dtype == torch.float32:
             parametrize.register_parametrization(module, "bias", _FakeHalf())
     return model
 
@@ -282,12 +283,13 @@ def _remove_fake_quant(module: nn.Module) -> None:
     # By hand, not parametrize.remove_parametrizations: that deletes the `weight`
     # property from the parametrized class, which deep copies of the module share.
     latent = {name: module.parametrizations[name].original for name in module.parametrizations}
+    names = ("weight", "bias") if "bias" in latent or hasattr(module, "bias") else ("weight",)  # Embedding: no bias
     delattr(module, "parametrizations")  # Module.__delattr__ drops the submodule
     module.__class__ = module.__class__.__bases__[0]
-    if "bias" not in latent:  # re-registered after the weight, so the state dict keeps its order
+    if "bias" in names and "bias" not in latent:  # re-registered after the weight: the state dict keeps its order
         latent["bias"] = module.bias
         delattr(module, "bias")
-    for name in ("weight", "bias"):
+    for name in names:
         module.register_parameter(name, latent[name])
 
 
@@ -305,7 +307,7 @@ def _affine_quantize(model: nn.Module, config: AffineQuantize) -> nn.Module:
         qp = choose_qparams(w, widths[name], config.per_channel, config.symmetric, config.fp16)
         with torch.no_grad():
             w.copy_(dequantize(quantize(w, qp), qp))
-        if config.fp16 and module.bias is not None and module.bias.dtype == torch.float32:
+        if config.fp16 and getattr(module, "bias", None) is not None and module.bias.dtype == torch.float32:
             round_fp16_(module.bias)
         object.__setattr__(module, QPARAMS_ATTR, qp)
     return model

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ._config import register
-from ._models import PRUNABLE, recipe_of
+from ._models import CHANNEL_PRUNABLE, recipe_of
 
 __all__ = ["StructuredPrune"]
 
@@ -79,7 +79,7 @@ def _output_layers(graph: object) -> list[nn.Module]:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node.module, PRUNABLE):
+        if isinstance(node.module, CHANNEL_PRUNABLE):
             if node.module not in found:
                 found.append(node.module)
             continue

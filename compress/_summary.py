@@ -72,7 +72,7 @@ def summary(
 
 
 def macs(model: nn.Module, input_shape: list[int]) -> int:
-    """Multiply-accumulates of every Linear/Conv1d/Conv2d for one input of ``input_shape``.
+    """Multiply-accumulates of every Linear/Conv/ConvTranspose layer for one input of ``input_shape``.
 
     Counted from the shapes seen in one forward pass (forward hooks): a Linear
     does in_features per output element, a Conv in_channels/groups * kernel
@@ -80,9 +80,14 @@ def macs(model: nn.Module, input_shape: list[int]) -> int:
     """
     total = 0
 
-    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         nonlocal total
         w = module.weight
+        if isinstance(module, nn.Embedding):  # a lookup: no multiply-accumulates
+            return
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            total += w[0].numel() * inputs[0].numel()  # each input element meets out/groups * kernel weights
+            return
         per_output = w[0].numel()  # in_features, or in_channels/groups * kernel
         total += per_output * output.numel()
 

@@ -81,3 +81,46 @@ def test_a_sweep_says_once_which_layers_stay_uncompressed_and_counts_them_per_ro
     compressed = ok[(ok["prune_method"] != "none") | (ok["bits"] < 32)]
     plain = ok[(ok["prune_method"] == "none") & (ok["bits"] == 32)]
     assert len(ok) and (compressed["uncompressed_params"] == 64).all() and (plain["uncompressed_params"] == 0).all()
+
+
+class Mixed(nn.Module):
+    """Token ids -> Embedding -> ConvTranspose1d -> Conv3d (as 1x1x1 over a reshaped view) -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.up = nn.ConvTranspose1d(8, 8, 3, stride=2)
+        self.mix = nn.Conv3d(8, 4, 1)
+        self.head = nn.Linear(4 * 13, 10)
+
+    def forward(self, x):
+        h = self.embed(x.long().clamp(0, 49)).transpose(1, 2)        # (N, 8, 6)
+        h = torch.relu(self.up(h))                                   # (N, 8, 13)
+        h = torch.relu(self.mix(h[:, :, :, None, None]))[:, :, :, 0, 0]
+        return self.head(h.flatten(1))
+
+
+def _mixed(config):
+    return Mixed()
+
+
+@pytest.mark.parametrize("configs", [
+    (compress.MagnitudePrune(sparsity=0.5), compress.AffineQuantize(bits=4)),
+    (compress.FakeQuantize(bits=3),),
+])
+def test_embedding_convtranspose_and_conv3d_are_pruned_and_quantized_and_reload_exactly(configs, tmp_path):
+    recipe = {"arch": "hook", "hook": "mixed", "input_shape": [6], "output_dim": 10}
+    torch.manual_seed(0)
+    model = compress.build_model(recipe, builder=_mixed)
+    assert compress.unreached_layers(model) == {}
+    if isinstance(configs[0], compress.FakeQuantize):
+        configs = (*configs, compress.AffineQuantize(bits=3))
+    small = compress.compress(model, *configs)
+    widths = compress.stored_widths(small)
+    assert set(widths) == {"embed", "up", "mix", "head"} and set(widths.values()) == {configs[-1].bits}
+    compress.save(small, tmp_path / "m.slim")
+    assert compress.dense_bytes(model) > 3 * (tmp_path / "m.slim").stat().st_size
+    back = compress.load(tmp_path / "m.slim", builders={"mixed": _mixed})
+    x = torch.randint(0, 50, (4, 6)).float()
+    with torch.no_grad():
+        assert torch.equal(small.eval()(x), back(x))

@@ -38,8 +38,8 @@ def check_task(spec: Spec, data: Data) -> None:
     unreached = compress.unreached_layers(model)
     if unreached:  # said once per sweep, never silently: the rows count them in uncompressed_params
         listed = ", ".join(f"{kind} ({n} parameters)" for kind, n in unreached.items())
-        print(f"slimtune: warning: compression prunes and quantizes Linear/Conv1d/Conv2d layers only; {listed} "
-              "stay float32 (column uncompressed_params)", file=sys.stderr)
+        print(f"slimtune: warning: compression prunes and quantizes Linear, Conv, ConvTranspose and Embedding layers "
+              f"only; {listed} stay float32 (column uncompressed_params)", file=sys.stderr)
 
 
 def _check_deployable(spec: Spec, data: Data, model) -> None:
