@@ -205,6 +205,8 @@ def resize_(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
         elif isinstance(module, CONVS):
+            if module.groups > 1 and module.groups == module.in_channels:  # depthwise: the groups follow the channels
+                module.groups = module.weight.shape[0] // (module.out_channels // module.groups)
             module.out_channels = module.weight.shape[0]
             module.in_channels = module.weight.shape[1] * module.groups
         elif isinstance(module, NORMS):

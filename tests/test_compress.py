@@ -49,6 +49,12 @@ MODELS = {
         "depth": 2,
         "width": 32,
     },
+    # Two real model shapes: MLPerf Tiny's ResNet-8 (residual stages, BatchNorm) and a DS-CNN
+    # (depthwise-separable convolutions), as tests/user_models.py builds them.
+    "hook_resnet8": {"arch": "hook", "hook": "tests.user_models:resnet8", "input_shape": [8, 8], "output_dim": 10,
+                     "config": {"input_shape": [8, 8], "output_dim": 10, "width": 8}},
+    "hook_dscnn": {"arch": "hook", "hook": "tests.user_models:ds_cnn", "input_shape": [40], "output_dim": 10,
+                   "config": {"input_shape": [40], "output_dim": 10, "width": 12, "depth": 2}},
 }
 
 METHODS = {
@@ -98,7 +104,8 @@ METHODS = {
                           AffineQuantize(bits=3, bits_first=8, bits_last=6)),
 }
 # What `compress.load` may call for the hook recipes above (it imports nothing itself).
-BUILDERS = {"tests.user_models:residual_mlp": user_models.residual_mlp}
+BUILDERS = {"tests.user_models:residual_mlp": user_models.residual_mlp,
+            "tests.user_models:resnet8": user_models.resnet8, "tests.user_models:ds_cnn": user_models.ds_cnn}
 ALL_CONFIGS = sorted({c for cs in METHODS.values() for c in cs}, key=repr)
 
 

@@ -25,6 +25,7 @@ from slimtune import compress
 from slimtune.search import deploy
 from slimtune.search.present.deploy_export import graph_for
 from slimtune.spaces import SpecError
+from tests import user_models
 
 #: |onnxruntime or C logit - PyTorch logit| <= RTOL * max(1, max |logit|) (float32, other summation order).
 RTOL = 1e-4
@@ -76,19 +77,28 @@ CASES = {
                              [compress.AffineQuantize(bits=3, symmetric=True)]),
     "hook-bn-residual": ({"arch": "hook", "hook": "blocks", "input_shape": [8, 8], "output_dim": 10},
                          [compress.MagnitudePrune(sparsity=0.4), compress.AffineQuantize(bits=4)]),
+    # MLPerf Tiny's ResNet-8 and a DS-CNN (tests/user_models.py): structured and magnitude pruning, QAT
+    "resnet8-structured-qat4": ({"arch": "hook", "hook": "tests.user_models:resnet8", "input_shape": [8, 8],
+                                 "output_dim": 10, "config": {"input_shape": [8, 8], "output_dim": 10, "width": 8}},
+                                [compress.StructuredPrune(ratio=0.25), compress.MagnitudePrune(sparsity=0.3),
+                                 compress.FakeQuantize(bits=4), compress.AffineQuantize(bits=4)]),
+    "dscnn-structured-6bit": ({"arch": "hook", "hook": "tests.user_models:ds_cnn", "input_shape": [64],
+                               "output_dim": 10, "config": {"input_shape": [64], "output_dim": 10, "width": 12}},
+                              [compress.StructuredPrune(ratio=0.25), compress.AffineQuantize(bits=6)]),
 }
+BUILDERS = {"blocks": _blocks, "tests.user_models:resnet8": user_models.resnet8,
+            "tests.user_models:ds_cnn": user_models.ds_cnn}
 
 
 def _compressed(name: str, tmp_path: Path):
     """The case's model, compressed, saved and loaded back (the oracle), and its input shape."""
     recipe, configs = CASES[name]
     torch.manual_seed(1)
-    builders = {"blocks": _blocks}
-    model = compress.build_model(recipe, builder=_blocks if recipe["arch"] == "hook" else None)
+    model = compress.build_model(recipe, builder=BUILDERS.get(recipe.get("hook")))
     small = compress.compress(model, *configs)
     path = tmp_path / "m.slim"
     compress.save(small, path, recipe=recipe)
-    return compress.load(path, builders=builders), recipe["input_shape"]
+    return compress.load(path, builders=BUILDERS), recipe["input_shape"]
 
 
 def _raw(shape, n: int = 64) -> np.ndarray:
