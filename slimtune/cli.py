@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe raises here, not at interpreter exit
         return code
     except SpecError as exc:
-        print(f"slimtune: error: {exc}", file=sys.stderr)
+        print(f"slimtune: error: {as_flags(exc)}", file=sys.stderr)
         return 2
     except RunError as exc:
         print(f"slimtune: error: {exc}", file=sys.stderr)
@@ -63,6 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimtune: error: {type(exc).__name__}: {first} (SLIMTUNE_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
+
+
+#: The library names its arguments (``trial``, ``out``, ``fmt``, ``trust_code=True``); the CLI says
+#: its flags instead.
+FLAGS = {"trial": "--trial", "out": "--out", "fmt": "--format"}
+
+
+def as_flags(exc) -> str:
+    """A SpecError's line as the CLI says it: Python argument names as the flags that set them."""
+    text = str(exc)
+    if exc.field in FLAGS:
+        text = FLAGS[exc.field] + text[len(exc.field):]
+    return text.replace("pass trust_code=True", "add --trust-code").replace("trust_code=True", "--trust-code")
 
 
 def _quiet_stdout() -> None:

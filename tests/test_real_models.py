@@ -22,8 +22,8 @@ SWEEPS = {
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_a_real_model_shape_sweeps_compresses_reloads_and_exports(name, ray_session, tmp_path):
     spec = digits_spec(name=f"t-{name}", **SWEEPS[name])
-    spec["compress"] = {"prune": {"method": {"choice": ["structured", "magnitude"]}, "sparsity": {"uniform": [0.2, 0.5]},
-                                  "finetune_epochs": 1},
+    spec["compress"] = {"prune": {"method": {"choice": ["structured", "magnitude"]},
+                                  "sparsity": {"uniform": [0.2, 0.5]}, "finetune_epochs": 1},
                         "quantize": {"bits": {"choice": [4, 8]}, "mode": {"choice": ["ptq", "qat"]}, "qat_epochs": 1}}
     spec["search"] = {"trials": 3, "concurrency": 2, "sampler": "random", "seed": 0}
     out = tmp_path / "run"

@@ -22,7 +22,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -33,13 +33,17 @@ from slimtune.search.results.record import Record
 from slimtune.search.results.rows import DefineByRun, param_names, trial_seed  # noqa: F401
 from slimtune.search.results.table import SWEEP, load_results, sweep_meta, write_results
 from slimtune.search.storage import Storage
-from slimtune.search.task.data import Data, importable, load_data, sweep_split_seed
-from slimtune.spaces import Spec, SpecError, parse_spec
+from slimtune.search.task.data import Data, hooks_folder, importable, load_data, sweep_split_seed
+from slimtune.spaces import Spec, SpecError, load_spec, parse_spec
 
 
-def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None, quiet: bool = False,
-              address: str | None = None, warm_start: str | Path | None = None) -> pd.DataFrame:
+def run_sweep(spec: Spec | str | Path | Mapping[str, Any], out: str | Path, *, base_dir: str | Path | None = None,
+              quiet: bool = False, address: str | None = None, warm_start: str | Path | None = None) -> pd.DataFrame:
     """Run ``spec``'s sweep into ``out`` and return its results (see :func:`load_results`).
+
+    ``spec``: a :class:`spaces.Spec`, a path to a YAML spec (its folder is ``base_dir``), or the
+    spec as a dict. ``base_dir``: where the spec's files and ``module:function`` hooks are (default:
+    the YAML file's folder, else the folder the model or dataset hook is imported from).
 
     ``out``: a local folder, or a URI (``s3://bucket/prefix``, ``gs://…``; credentials from the
     standard chains, never in the URI). Bad input raises :class:`spaces.SpecError` before Ray
@@ -49,6 +53,7 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
     configurations are tried first (and whose trials are observations, where task and space
     are the same).
     """
+    spec, base_dir = _spec_of(spec, base_dir)
     if warm_start is not None:
         sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, storage = prepare(spec, out, base_dir)
@@ -73,6 +78,22 @@ def run_sweep(spec: Spec, out: str | Path, *, base_dir: str | Path | None = None
         finally:
             place.close()
     return load_results(storage)
+
+
+def _spec_of(spec: Any, base_dir: str | Path | None) -> tuple[Spec, str | Path | None]:
+    """``run_sweep``'s ``spec`` as a Spec, and the folder its hooks come from."""
+    if isinstance(spec, (str, Path)):
+        base_dir = base_dir if base_dir is not None else Path(spec).resolve().parent
+        spec = load_spec(spec)
+    elif isinstance(spec, Mapping):
+        spec = parse_spec(spec)
+    elif not isinstance(spec, Spec):
+        raise SpecError("spec", "must be a slimtune.Spec, a path to a YAML spec or a dict", type(spec).__name__)
+    if base_dir is None:
+        hooks = [h for h, is_hook in ((spec.task.model, spec.task.model_is_hook),
+                                      (spec.task.dataset, spec.task.dataset_is_hook)) if is_hook]
+        base_dir = hooks_folder(hooks)
+    return spec, base_dir
 
 
 def _ray_running() -> bool:

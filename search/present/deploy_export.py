@@ -158,7 +158,7 @@ def write_c_folder(model, manifest: dict[str, Any], out: Path) -> dict[str, Any]
     """``model.h``, ``model.c`` and ``slimtune.json`` in the folder ``out``; with a C compiler
     here, compiled (:data:`deploy.CFLAGS`), measured and checked against PyTorch."""
     if out.exists() and not out.is_dir():
-        raise SpecError("--out", "must be a folder for the C export (model.h and model.c go in it)", str(out))
+        raise SpecError("out", "must be a folder for the C export (model.h and model.c go in it)", str(out))
     graph = graph_for(model, manifest, "c")
     out.mkdir(parents=True, exist_ok=True)
     src = deploy.write_c(graph, out)

@@ -40,8 +40,8 @@ MANIFEST_KEY = "slimtune"  # the dense ONNX file's metadata_props key
 EXTRA_FILE = "slimtune.json"  # TorchScript _extra_files name
 EXPORT_VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"
-#: The CLI flag (and, as ``trust_code=True``, the keyword) that lets a model hook be imported.
-TRUST_FLAG = "--trust-code"
+#: The keyword (the CLI's ``--trust-code``) that lets a model hook be imported; errors name it so.
+TRUST_FLAG = "trust_code=True"
 
 #: How the built-in datasets turn a CSV row into the model input, when sweep.json has no
 #: ``preprocess``: digits rows are scikit-learn's ``load_digits().data`` (pixels 0..16,
@@ -60,14 +60,25 @@ def find_trial(df: pd.DataFrame, trial: str | int) -> pd.Series:
     if not len(rows) and number.isdigit():
         rows = df[df["trial_number"] == int(number)]
     if not len(rows):
-        known = ", ".join(str(int(n)) for n in df["trial_number"].dropna()) or "none yet"
-        raise SpecError("--trial", "must be a trial number or trial id of the sweep", key,
-                        f"known trial numbers: {known}")
+        raise SpecError("trial", "must be a trial number or trial id of the sweep", key,
+                        f"known trial numbers: {_ranges(df['trial_number'].dropna())}")
     row = rows.iloc[0]
     if row["status"] != "ok":
-        raise SpecError("--trial", "must be a finished trial (status ok)", key,
+        raise SpecError("trial", "must be a finished trial (status ok)", key,
                         f"trial {int(row['trial_number'])} failed: {row['error']}")
     return row
+
+
+def _ranges(numbers) -> str:
+    """``0-41, 43, 45-97`` for sorted trial numbers; ``none yet`` without any."""
+    ns = sorted({int(n) for n in numbers})
+    runs: list[str] = []
+    for n in ns:
+        if runs and int(runs[-1].split("-")[-1]) == n - 1:
+            runs[-1] = f"{runs[-1].split('-')[0]}-{n}"
+        else:
+            runs.append(str(n))
+    return ", ".join(runs) or "none yet"
 
 
 def _jsonable(v: Any) -> Any:
@@ -177,9 +188,8 @@ def load_artifact(src: Any, *, trust_code: bool = False, field: str = "model", m
             return compress.read_manifest(src)
         return compress.load(src, trust_code=trust_code)
     except compress.UntrustedCodeError as exc:
-        raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG} "
-                        "(trust_code=True)", where,
-                        f"add {TRUST_FLAG} if you trust where this sweep came from") from None
+        raise SpecError(field, f"imports and runs its model code {exc.hook!r} only with {TRUST_FLAG}", where,
+                        f"pass {TRUST_FLAG} if you trust where this sweep came from") from None
     except compress.ArtifactError as exc:
         raise SpecError(field, "must be a valid slimtune artifact", where, str(exc)) from None
 
@@ -199,7 +209,7 @@ def export_trial(path: str | Path, trial: str | int, fmt: str, out: str | Path, 
     blob = artifact_bytes(st, row)
     out = Path(out)
     if out.is_dir() and fmt != "c":
-        raise SpecError("--out", "must be a file path, not a folder", str(out),
+        raise SpecError("out", "must be a file path, not a folder", str(out),
                         f"e.g. {out / ('model' + FORMATS[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = export_manifest(st, row, fmt, blob)

@@ -69,7 +69,7 @@ def plot_sweep(path: str | Path, out: str | Path | None = None) -> Path | str:
         return st.uri_of("pareto.png")
     out = Path(out) if out is not None else Path(path) / "pareto.png"
     if out.is_dir():
-        raise SpecError("--out", "must be a file path, not a folder", str(out), f"e.g. {out / 'pareto.png'}")
+        raise SpecError("out", "must be a file path, not a folder", str(out), f"e.g. {out / 'pareto.png'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, render_png(df, meta))
     return out

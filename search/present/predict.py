@@ -96,9 +96,8 @@ def load_exported(path: str | Path, *, batch: int = 1024, trust_code: bool = Fal
     path = Path(path)
     if fmt == "c":
         if not trust_code:
-            raise SpecError("model", f"a C export is compiled and run on this machine only with {TRUST_FLAG} "
-                            "(trust_code=True)", str(path),
-                            f"add {TRUST_FLAG} if you trust where this folder came from")
+            raise SpecError("model", f"a C export is compiled and run on this machine only with {TRUST_FLAG}",
+                            str(path), f"pass {TRUST_FLAG} if you trust where this folder came from")
         manifest = json.loads((path / C_MANIFEST).read_text())
         batch = 1 << 30  # one compiled harness for all rows
 

@@ -211,7 +211,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path | str:
         return st.uri_of("report.html")
     out = Path(out) if out is not None else Path(path) / "report.html"
     if out.is_dir():
-        raise SpecError("--out", "must be a file path, not a folder", str(out), f"e.g. {out / 'report.html'}")
+        raise SpecError("out", "must be a file path, not a folder", str(out), f"e.g. {out / 'report.html'}")
     text = render_report(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, text.encode("utf-8"))

@@ -98,7 +98,7 @@ def sweep_meta(path: str | Path | Storage) -> dict[str, Any]:
         st.check(field="path")
     if not st.is_file(SWEEP):
         raise SpecError("path", "must be a sweep folder (holding sweep.json)", st.uri if st.local_path is None
-                        else str(path))
+                        else str(st.local_path))
     return json.loads(st.read_bytes(SWEEP))
 
 

@@ -309,3 +309,22 @@ def check_hooks_resolve(hooks: Iterable[tuple[str, str]], code_dir: str | Path |
             raise SpecError(where_in_spec, f"the module {top!r} beside the spec must not share its name with an "
                             f"installed module (that one, {where}, is what would be imported)", hook,
                             f"rename {beside[0].name}")
+
+
+def hooks_folder(hooks: Iterable[str]) -> str | None:
+    """The folder the first importable ``module:function`` hook is imported from (the ``sys.path``
+    entry that holds its top-level module): what a sweep records as its ``base_dir`` when it was
+    started without one (from Python), so its exports import the hook from the same place."""
+    import importlib.util
+
+    for hook in hooks:
+        module = hook.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module.split(".")[0])
+        except (ImportError, ValueError):
+            continue
+        if found is None or not found.origin or found.origin in ("built-in", "frozen"):
+            continue
+        origin = Path(found.origin).resolve()
+        return str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)
+    return None

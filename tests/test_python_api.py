@@ -1,0 +1,57 @@
+"""Python first: run_sweep takes a spec as a path, a dict or a Spec; a sweep started from Python
+records the folder its hooks come from; errors raised in Python name Python arguments, and the
+CLI names its flags for the same errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimtune import SpecError, export_trial, load_model, load_results, run_sweep
+from slimtune.cli import main
+from tests.test_sweep import digits_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _small(**over) -> dict:
+    spec = digits_spec(**over)
+    spec["search"] = {**spec["search"], "trials": 2}
+    return spec
+
+
+def test_run_sweep_takes_a_yaml_path_and_a_dict(ray_session, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_small(name="t-path")))
+    df = run_sweep(str(path), tmp_path / "a", quiet=True)
+    assert len(df) >= 2 and json.loads((tmp_path / "a" / "sweep.json").read_text())["base_dir"] == str(tmp_path)
+    df = run_sweep(_small(name="t-dict"), tmp_path / "b", quiet=True)
+    assert len(load_results(tmp_path / "b")) == len(df) >= 2
+    with pytest.raises(SpecError, match=r"^spec: must be a slimtune.Spec, a path to a YAML spec or a dict"):
+        run_sweep(42, tmp_path / "c")
+
+
+def test_a_python_sweep_records_where_its_hook_model_comes_from(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the folder the hook lives in
+    spec = _small(name="t-hookdir", task={"dataset": "digits", "model": "tests.user_hooks:residual_net", "epochs": 1},
+                  space={"lr": 0.01, "batch_size": 64, "width": 8, "depth": 1})
+    run_sweep(spec, tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "sweep.json").read_text())["base_dir"] == str(ROOT)
+    ok = load_results(tmp_path / "run").query("status == 'ok'")
+    n = int(ok["trial_number"].iloc[0])
+    assert export_trial(tmp_path / "run", n, "onnx", tmp_path / "m.onnx", trust_code=True).is_file()
+
+
+def test_errors_in_python_name_arguments_and_the_cli_names_flags(ray_session, tmp_path, capsys):
+    run_sweep(_small(name="t-errs"), tmp_path / "run", quiet=True)
+    with pytest.raises(SpecError) as err:
+        load_model(tmp_path / "run", trial=999)
+    assert str(err.value).startswith("trial: must be a trial number") and "known trial numbers: 0-" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        load_results(tmp_path / "nothing-here")
+    assert "Storage(" not in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
+    assert main(["export", str(tmp_path / "run"), "--trial", "999", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("slimtune: error: --trial: must be a trial number")
