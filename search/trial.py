@@ -18,7 +18,6 @@ import random
 import socket
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,13 +31,14 @@ from slimtune.search import deploy
 from slimtune.search.storage import Storage
 from slimtune.search.task.data import Data
 from slimtune.search.task.recipe import model_recipe as recipe_for
+from slimtune.search.task.rungs import RUNG_SEED_STRIDE, ladder_configs  # noqa: F401 (search.trial's API)
 from slimtune.search.task.train import Fit, Schedule, distill_of, evaluate, train
 from slimtune.spaces import PRUNE, QUANTIZE, MethodKeys
 
 #: Seed offsets from the trial's seed, so each training phase of a trial shuffles its batches
 #: differently yet reproducibly: fine-tuning after pruning, then QAT. Ladder rung ``k`` (from 1)
 #: compresses with seed + ``k * RUNG_SEED_STRIDE``, clear of both. Changing them changes rows.
-FINETUNE_SEED_OFFSET, QAT_SEED_OFFSET, RUNG_SEED_STRIDE = 1, 2, 1000
+FINETUNE_SEED_OFFSET, QAT_SEED_OFFSET = 1, 2
 
 #: The folder of a distilling sweep that holds each trained model before compression (teachers).
 TEACHERS = "teachers"
@@ -299,36 +299,6 @@ def fetch_teacher(setup: TrialSetup, config: dict[str, Any]) -> nn.Module | None
     return compress.load(read_artifact(setup, str(rel)), trust_code=setup.model not in ("mlp", "cnn"))
 
 
-def ladder_configs(spec: spaces.Spec, config: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """``n`` more compression settings for the model trained with ``config``: the training
-    parameters are kept, the compression parameters are drawn at random from the spec
-    (seeded by the trial's seed); duplicates of the trial's own setting are dropped."""
-    import optuna
-
-    training = {name for name, _ in spec.space} | {"epochs"}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=int(config["seed"])))
-    seen = {_key(config, training)}
-    rungs = []
-    for _ in range(4 * n):
-        if len(rungs) == n:
-            break
-        study.enqueue_trial({k: v for k, v in config.items() if k in training})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rung = spec.sample(study.ask())
-        if _key(rung, training) in seen:
-            continue
-        seen.add(_key(rung, training))
-        rungs.append({**rung, "seed": int(config["seed"]) + RUNG_SEED_STRIDE * (len(rungs) + 1)})
-    return rungs
-
-
-def _key(cfg: dict[str, Any], training: set[str]) -> tuple:
-    skip = training | {"seed", "trial_number"}
-    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in skip))
-
-
 def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None) -> dict[str, Any]:
     """Train, compress, evaluate and save one configuration; returns the final metrics.
 
@@ -360,8 +330,9 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
         last.update(val)
         report({"epoch": epoch, "phase": "train", f"val_{metric}": val[metric], "val_loss": val["loss"]})
 
+    device = trial_device()
     fit = Fit(lr=float(config["lr"]), batch_size=int(config["batch_size"]), epochs=int(config["epochs"]), seed=seed,
-              weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config))
+              weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config), device=device)
     train(dense, data, fit, on_epoch=on_epoch)
     trained = Trained(dense, recipe, data)
     # A distilling sweep's configs name a teacher (None for the first trials): offer this one's too.
@@ -372,7 +343,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
                                       setup.methods)
     train_seconds = time.perf_counter() - t0
     final = {**measure(model, trained, setup, trial_name), **offered,
-             "phase": "final", "train_seconds": train_seconds, "node": _node()}
+             "phase": "final", "train_seconds": train_seconds, "node": _node(), "device": device}
     given = config.get("ladder_configs")  # proposed by the searcher; else drawn here (older configs)
     if given is not None or (setup.ladder and setup.spec is not None):
         rungs = []
@@ -382,10 +353,22 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
             small, rung_configs = compress_trained(dense, rung, data, rung_fit, setup.methods)
             rungs.append({"config": rung,
                           **measure(small, trained, setup, f"{trial_name}-r{k}"),
-                          "train_seconds": time.perf_counter() - t1, "node": final["node"]})
+                          "train_seconds": time.perf_counter() - t1, "node": final["node"], "device": device})
         final["ladder"] = rungs
     report(final)
     return final
+
+
+def trial_device() -> str:
+    """Where this trial trains: ``cuda`` (the GPU Ray gave it: Ray sets the trial's
+    CUDA_VISIBLE_DEVICES, so it is device 0) when Ray assigned it one and torch sees a GPU, else ``cpu``."""
+    try:
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:
+        gpus = []
+    return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
 def _node() -> str:

@@ -90,6 +90,8 @@ ROW_DOCS: dict[str, str] = {
     "seed": "the trial's seed, derived from search.seed and the trial number",
     "feasible": "every constraint of the spec holds (always true without constraints)",
     "node": "host/node-id of the Ray node that ran the trial",
+    "device": "where the trial trained, fine-tuned, ran QAT and was evaluated during training: cpu, or cuda (the "
+              "GPU Ray gave it, with resources.gpu > 0); compression, latency_ms and the artifact are on the CPU",
     "error": "the error of a failed trial (e.g. ValueError: ..., TrainingDiverged: training diverged: loss=nan ...), "
              "or why it stopped early",
     "traceback": "a failed trial: where its whole traceback is kept (errors/trial-<n>.txt in the sweep folder, or "

@@ -142,9 +142,9 @@ class EarlyStop:
 @dataclass(frozen=True)
 class Resources:
     cpu: float = _doc("CPUs each trial asks Ray for; torch runs this many threads", default=1.0)
-    gpu: float = _doc("GPUs each trial asks Ray to reserve (fractions share one); no code moves a model to the "
-                      "GPU yet, so trials still train on the CPU. A request no node has (cpu or gpu) stops the sweep "
-                      "before it starts (exit 2)", default=0.0)
+    gpu: float = _doc("GPUs each trial asks Ray for (fractions share one: 0.25 packs four trials on a GPU); a "
+                      "trial given one trains, fine-tunes and runs QAT on it (column device). A request no node has "
+                      "(cpu or gpu) stops the sweep before it starts (exit 2)", default=0.0)
 
 
 @dataclass(frozen=True)

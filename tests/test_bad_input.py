@@ -124,7 +124,7 @@ def test_an_output_folder_holding_another_sweep_is_left_untouched(tmp_path, caps
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(GOOD))
     assert main(["sweep", str(spec_path), "--out", str(out)]) == 2
-    assert "slimtune: error: out:" in capsys.readouterr().err
+    assert "slimtune: error: --out:" in capsys.readouterr().err
     assert (out / "results.parquet").read_bytes() == b"precious"
     assert sorted(p.name for p in out.iterdir()) == ["results.parquet", "sweep.json"]
 

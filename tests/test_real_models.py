@@ -31,6 +31,7 @@ def test_a_real_model_shape_sweeps_compresses_reloads_and_exports(name, ray_sess
     ok = load_results(out).query("status == 'ok'")
     assert len(ok) >= 3 and set(ok["prune_method"]) <= {"structured", "magnitude"}
     assert (ok["uncompressed_params"] > 0).all()  # BatchNorm's own parameters stay float32 (folded on export)
+    assert set(ok["device"]) == {"cpu"}
     row = ok.sort_values("accuracy").iloc[-1]
     assert row["accuracy"] > 0.2  # learned something in two epochs (10 classes)
     n = int(row["trial_number"])

@@ -86,7 +86,7 @@ def _sections(obj: bytes) -> dict[str, int]:
 
 def footprint(folder: str | Path) -> Footprint:
     """Compile ``model.c`` in ``folder`` (with :data:`CFLAGS`) and measure it."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     cc = _compiler()
     with tempfile.TemporaryDirectory(prefix="slimtune-cc-") as tmp:
         obj = Path(tmp) / "model.o"
@@ -123,7 +123,7 @@ int main(void)
 def run_export(folder: str | Path, x: np.ndarray) -> np.ndarray:
     """The outputs of the C export in ``folder`` for the rows of ``x`` (raw features), from a
     small harness compiled with it."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     cc = _compiler()
     x = np.ascontiguousarray(x, dtype="<f4").reshape(len(x), -1)
     with tempfile.TemporaryDirectory(prefix="slimtune-cc-") as tmp:

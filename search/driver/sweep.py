@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -97,9 +98,10 @@ def _spec_of(spec: Any, base_dir: str | Path | None) -> tuple[Spec, str | Path |
 
 
 def _ray_running() -> bool:
-    import ray
-
-    return ray.is_initialized()
+    """A Ray this process already started or joined; never imports Ray itself (Ray reads its log
+    settings on import, which ``drive`` makes first)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _new_meta(spec: Spec, data: Data, base_dir: str | Path | None) -> dict[str, Any]:

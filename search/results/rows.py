@@ -16,7 +16,7 @@ def result_keys() -> list[str]:
     """Columns a finished trial's row takes from its final report: every declared metric
     (``spaces.METRIC_TABLE``), then where it ran, its artifact, each layer's stored width and
     (distilling sweeps) its stored dense model."""
-    return [*result_columns(), "node", "artifact", "layer_bits", "dense_artifact"]
+    return [*result_columns(), "node", "device", "artifact", "layer_bits", "dense_artifact"]
 
 
 #: Trial seeds: ``(sweep_seed * SWEEP_SEED_FACTOR + number * TRIAL_NUMBER_FACTOR + SEED_SHIFT) mod

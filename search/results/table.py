@@ -17,7 +17,7 @@ SWEEP = "sweep.json"
 STUDY = "study.db"
 
 #: Columns of a row besides the parameters and the metrics (``spaces.result_columns``).
-ROW_COLUMNS = ["feasible", "node", "error", "artifact", "parent", "layer_bits", "teacher", "teacher_trial",
+ROW_COLUMNS = ["feasible", "node", "device", "error", "artifact", "parent", "layer_bits", "teacher", "teacher_trial",
                "dense_artifact"]
 
 
@@ -134,7 +134,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``latency_ms``       median CPU latency at batch size 1
     ``train_seconds``    training + compression time of the trial
     ``feasible``         every spec constraint holds (always True without constraints)
-    ``node``             ``host/node-id`` of the Ray node that ran the trial
+    ``node``, ``device``  ``host/node-id`` of the Ray node that ran the trial; ``cpu`` or ``cuda``
     ``error``            error text of a failed trial (None when ok)
     ``artifact``         artifact path relative to the sweep folder (``compress.load`` it)
     ``ended_at``         Unix time at which the driver recorded the row

@@ -123,7 +123,8 @@ def distill_of(config: dict[str, Any], teacher: nn.Module | None) -> Distill | N
 class Fit:
     """How to train: Adam at ``lr`` (and ``weight_decay``) with batches of ``batch_size`` for
     ``epochs`` whole passes, shuffled from ``seed``; ``schedule`` sets each step's learning rate;
-    ``distill``: also learn from a teacher (None: from the labels only)."""
+    ``distill``: also learn from a teacher (None: from the labels only); ``device``: where the
+    model, the batches and the teacher are while training (the model is back on the CPU after)."""
 
     lr: float
     batch_size: int
@@ -132,6 +133,7 @@ class Fit:
     weight_decay: float = 0.0
     schedule: Schedule = CONSTANT
     distill: Distill | None = None
+    device: str = "cpu"
 
 
 def train(
@@ -149,19 +151,35 @@ def train(
     during fine-tuning); ``on_epoch(epoch, val_metrics)`` after each epoch.
     Raises :class:`TrainingDiverged` when the loss stops being finite.
     """
+    device = torch.device(fit.device)
+    model.to(device)
+    try:
+        _fit(model, data, fit, device, (after_step, on_epoch))
+    finally:
+        model.to("cpu")  # compression, measurement and the artifact work on CPU tensors
+    return model
+
+
+def _fit(model: nn.Module, data: Data, fit: Fit, device: torch.device, hooks: tuple) -> None:
+    after_step, on_epoch = hooks
     lr, batch_size, epochs, schedule = fit.lr, fit.batch_size, fit.epochs, fit.schedule
-    seed, weight_decay = fit.seed, fit.weight_decay
-    x, y = _tensors(data.x_train, data.y_train, data.kind)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    x, y = (t.to(device) for t in _tensors(data.x_train, data.y_train, data.kind))
+    gen = torch.Generator().manual_seed(fit.seed)  # on the CPU: the same order on every device
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=fit.weight_decay)
     loss_fn = _loss_fn(data.kind)
     distill = fit.distill if fit.distill is not None and fit.distill.weight > 0 else None
-    soft = distill.targets(x) if distill is not None else None
+    soft = None
+    if distill is not None:
+        distill.teacher.to(device)
+        try:
+            soft = distill.targets(x)
+        finally:
+            distill.teacher.to("cpu")
     n = len(x)
     total, step = epochs * -(-n // batch_size), 0
     for epoch in range(1, epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
             if schedule.kind != "constant":
@@ -181,7 +199,6 @@ def train(
                 after_step(model)
         if on_epoch is not None:
             on_epoch(epoch, evaluate(model, data.x_val, data.y_val, data.kind))
-    return model
 
 
 @torch.no_grad()
@@ -189,8 +206,9 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, kind: str) -> dict[
     """``{"loss", <the task's metric>}``: accuracy for classification, r2 for regression
     (``spaces.TASK_METRIC``)."""
     model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device  # where the model is (the trial's device)
     xt, yt = _tensors(x, y, kind)
-    out = torch.cat([model(xt[i:i + 4096]) for i in range(0, len(xt), 4096)])
+    out = torch.cat([model(xt[i:i + 4096].to(device)).cpu() for i in range(0, len(xt), 4096)])
     loss = float(_loss_fn(kind)(out, yt))
     if kind == "classification":
         return {"loss": loss, task_metric(kind): float((out.argmax(-1) == yt).float().mean())}
