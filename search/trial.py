@@ -30,6 +30,7 @@ from slimtune import compress, spaces
 from slimtune.search import deploy
 from slimtune.search.storage import Storage
 from slimtune.search.task.data import Data
+from slimtune.search.task.recipe import BOOKKEEPING
 from slimtune.search.task.recipe import model_recipe as recipe_for
 from slimtune.search.task.rungs import RUNG_SEED_STRIDE, ladder_configs  # noqa: F401 (search.trial's API)
 from slimtune.search.task.train import Fit, Schedule, distill_of, evaluate, train
@@ -181,13 +182,13 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, fit: 
     if magnitude and ft and _given(config, PRUNE, "gradual"):
         model = compress.compress(model)  # a copy, pruned step by step while it fine-tunes
         steps = ft * -(-len(data.x_train) // int(fit.batch_size))
-        train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET),
+        train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET, phase="finetune"),
               after_step=compress.gradual_pruning(model, prune[0], steps))
     else:
         model = compress.compress(model, *prune)  # a plain copy when nothing is pruned
         if ft:
             masks = compress.sparsity_masks(model)
-            train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET),
+            train(model, data, replace(fit, epochs=ft, seed=seed + FINETUNE_SEED_OFFSET, phase="finetune"),
                   after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
     declared = [c for c in quant if not isinstance(c, compress.AffineQuantize)]
     if declared:
@@ -203,7 +204,8 @@ def compress_trained(model: nn.Module, config: dict[str, Any], data: Data, fit: 
     if qat:
         masks = compress.sparsity_masks(model)
         model = compress.compress(model, *qat)
-        qat_fit = replace(fit, epochs=int(_given(config, QUANTIZE, "qat_epochs")), seed=seed + QAT_SEED_OFFSET)
+        qat_fit = replace(fit, epochs=int(_given(config, QUANTIZE, "qat_epochs")), seed=seed + QAT_SEED_OFFSET,
+                          phase="qat")
         train(model, data, qat_fit, after_step=(lambda m: compress.apply_masks_(m, masks)) if magnitude else None)
     if quant:
         model = compress.compress(model, *quant)
@@ -332,7 +334,8 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
 
     device = trial_device()
     fit = Fit(lr=float(config["lr"]), batch_size=int(config["batch_size"]), epochs=int(config["epochs"]), seed=seed,
-              weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config), device=device)
+              weight_decay=float(config.get("weight_decay", 0.0)), schedule=schedule_of(config), device=device,
+              loop=user_loop(setup.spec), params={k: v for k, v in config.items() if k not in BOOKKEEPING})
     train(dense, data, fit, on_epoch=on_epoch)
     trained = Trained(dense, recipe, data)
     # A distilling sweep's configs name a teacher (None for the first trials): offer this one's too.
@@ -357,6 +360,15 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
         final["ladder"] = rungs
     report(final)
     return final
+
+
+def user_loop(spec: spaces.Spec | None):
+    """The spec's ``task.train`` training loop (imported; this node runs it), or None."""
+    hook = spec.task.train if spec is not None else None
+    if not hook:
+        return None
+    module, _, fn = hook.partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 def trial_device() -> str:

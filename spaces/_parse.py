@@ -77,7 +77,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _parse_task(raw: Any) -> Task:
-    known = ("dataset", "target", "kind", "model", "epochs", "validation_split", "test_split", "split_seed")
+    known = ("dataset", "target", "kind", "model", "train", "epochs", "validation_split", "test_split", "split_seed")
     t = _mapping("task", raw, known)
     if "dataset" not in t:
         raise SpecError("task.dataset", "is required (digits, mnist1d, a .csv/.npz path or module:function)", None)
@@ -91,6 +91,10 @@ def _parse_task(raw: Any) -> Task:
     model = t.get("model", "mlp")
     if not isinstance(model, str) or not (model in BUILTIN_MODELS or HOOK.fullmatch(model)):
         raise SpecError("task.model", "must be mlp, cnn or module:function", model)
+    loop = t.get("train")
+    if loop is not None and not (isinstance(loop, str) and HOOK.fullmatch(loop)):
+        raise SpecError("task.train", "must be module:function, a training loop train(model, data, config, ctx)",
+                        loop)
     target = t.get("target")
     if target is not None and not isinstance(target, str):
         raise SpecError("task.target", "must be a column name", target)
@@ -104,7 +108,7 @@ def _parse_task(raw: Any) -> Task:
     val = _number("task.validation_split", t.get("validation_split", 0.2), "`0 < validation_split < 0.9` must hold",
                   split)
     test = _number("task.test_split", t.get("test_split", 0.2), "`0 < test_split < 0.9` must hold", split)
-    return Task(dataset=dataset, model=model, epochs=epochs, target=target, kind=kind,
+    return Task(dataset=dataset, model=model, train=loop, epochs=epochs, target=target, kind=kind,
                 validation_split=val, test_split=test, split_seed=_int("task.split_seed", t.get("split_seed", 0), 0))
 
 

@@ -90,6 +90,9 @@ class Task:
                              "4000/1000 split)", default=0.2)
     split_seed: int = _doc("seeds the test and validation splits: the same for every sweep of the task, "
                            "whatever search.seed", default=0)
+    train: str | None = _doc("module:function, your training loop train(model, data, config, ctx) used for every "
+                             "training phase (train, finetune, qat) instead of slimtune's Adam loop; see the "
+                             "getting-started guide (default: slimtune's loop)", default=None)
 
     @property
     def dataset_is_hook(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,3 +89,40 @@ class NormNet(nn.Module):
 
 def norm_net(config: dict) -> nn.Module:
     return NormNet(math.prod(config["input_shape"]), int(config.get("width", 32)), int(config["output_dim"]))
+
+
+def smooth_train(model, data, config, ctx) -> None:
+    """A user's training loop (``task.train``): SGD with momentum, label smoothing and random
+    shifts of the input by up to 2 positions; records each phase it ran in ``marker_dir``."""
+    import pathlib
+
+    if config.get("marker_dir"):
+        with open(pathlib.Path(config["marker_dir"]) / "phases.txt", "a") as f:
+            f.write(f"{ctx.phase} {ctx.epochs} {ctx.device} {ctx.teacher is not None}\n")
+    x = torch.tensor(np.array(data.x_train), dtype=torch.float32)
+    y = torch.tensor(np.array(data.y_train)).long()
+    opt = torch.optim.SGD(model.parameters(), lr=float(config["lr"]), momentum=0.9)
+    gen = torch.Generator().manual_seed(int(config.get("width", 0)))
+    for epoch in range(1, ctx.epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(int(config.get("batch_size", 64))):
+            shift = int(torch.randint(-2, 3, (1,), generator=gen))
+            xb = torch.roll(x[idx], shifts=shift, dims=-1).to(ctx.device)
+            loss = nn.functional.cross_entropy(model(xb), y[idx].to(ctx.device), label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.after_step(model)
+        ctx.report(epoch)  # slimtune evaluates the validation split
+
+
+def forgetful_train(model, data, config, ctx) -> None:
+    """A training loop that never calls ``ctx.after_step``: pruned weights would grow back."""
+    x = torch.tensor(np.array(data.x_train), dtype=torch.float32)
+    y = torch.tensor(np.array(data.y_train)).long()
+    opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
+    for _ in range(ctx.epochs):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

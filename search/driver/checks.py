@@ -35,6 +35,16 @@ def check_task(spec: Spec, data: Data) -> None:
                         f"{type(exc).__name__}: {exc}") from None
     _check_forward(spec, data, model)
     _check_deployable(spec, data, model)
+    if spec.task.train:
+        from slimtune.search.trial import user_loop
+
+        try:
+            loop = user_loop(spec)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise SpecError("task.train", "must be an importable module:function", spec.task.train,
+                            f"{type(exc).__name__}: {exc}") from None
+        if not callable(loop):
+            raise SpecError("task.train", "must name a function train(model, data, config, ctx)", spec.task.train)
     unreached = compress.unreached_layers(model)
     if unreached:  # said once per sweep, never silently: the rows count them in uncompressed_params
         listed = ", ".join(f"{kind} ({n} parameters)" for kind, n in unreached.items())
@@ -117,6 +127,7 @@ def prepare(spec: Spec, out: str | Path | Storage, base_dir: str | Path | None =
     check_no_shadow(os.getcwd(), base_dir)
     hooks = [("task.dataset", spec.task.dataset)] if spec.task.dataset_is_hook else []
     hooks += [("task.model", spec.task.model)] if spec.task.model_is_hook else []
+    hooks += [("task.train", spec.task.train)] if spec.task.train else []
     check_hooks_resolve(hooks, base_dir)
     importable(base_dir)
     data = load_data(spec.task, spec.task.split_seed, Path(base_dir) if base_dir else None)

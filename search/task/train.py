@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -134,6 +134,11 @@ class Fit:
     schedule: Schedule = CONSTANT
     distill: Distill | None = None
     device: str = "cpu"
+    #: A user's training loop (``task.train``): ``loop(model, data, params, ctx)`` trains instead of
+    #: Adam here, with ``params`` the trial's parameters and ``ctx`` a :class:`TrainContext`.
+    loop: Callable[..., Any] | None = field(default=None, compare=False)
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    phase: str = "train"
 
 
 def train(
@@ -154,10 +159,68 @@ def train(
     device = torch.device(fit.device)
     model.to(device)
     try:
-        _fit(model, data, fit, device, (after_step, on_epoch))
+        if fit.loop is not None:
+            _user_loop(model, data, fit, device, (after_step, on_epoch))
+        else:
+            _fit(model, data, fit, device, (after_step, on_epoch))
     finally:
         model.to("cpu")  # compression, measurement and the artifact work on CPU tensors
     return model
+
+
+class UserLoopError(ValueError):
+    """A user's training loop broke its contract (one clear error for that trial)."""
+
+
+@dataclass
+class TrainContext:
+    """What a user's training loop (``task.train``) gets besides the model, the data and the
+    trial's parameters: ``device`` (where the model is: put batches there), ``epochs`` (this
+    phase's budget), ``phase`` (``train``, ``finetune`` after pruning, ``qat``), ``teacher``
+    (distillation's teacher on ``device``, or None), ``kind`` and ``metric`` (the task's). Call
+    ``after_step(model)`` after every optimizer step (it keeps pruned weights at zero and runs
+    gradual pruning) and ``report(epoch, **metrics)`` after an epoch (early stopping and
+    promotion read it; without the task's ``metric`` slimtune evaluates the validation split)."""
+
+    device: torch.device
+    epochs: int
+    phase: str
+    teacher: nn.Module | None
+    kind: str
+    metric: str
+    hooks: tuple = field(default=(None, None), repr=False)
+    data: Data | None = field(default=None, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+    steps: int = 0
+    reports: int = 0
+
+    def after_step(self, model: nn.Module) -> None:
+        self.steps += 1
+        if self.hooks[0] is not None:
+            self.hooks[0](model)
+
+    def report(self, epoch: int, **metrics: float) -> None:
+        self.reports += 1
+        if self.hooks[1] is None:
+            return
+        if self.metric not in metrics or "loss" not in metrics:
+            metrics = {**evaluate(self.model, self.data.x_val, self.data.y_val, self.kind), **metrics}
+        self.hooks[1](int(epoch), {k: float(v) for k, v in metrics.items()})
+
+
+def _user_loop(model: nn.Module, data: Data, fit: Fit, device: torch.device, hooks: tuple) -> None:
+    teacher = fit.distill.teacher.to(device) if fit.distill is not None and fit.distill.weight > 0 else None
+    ctx = TrainContext(device, fit.epochs, fit.phase, teacher, data.kind, task_metric(data.kind), hooks, data, model)
+    try:
+        fit.loop(model, data, dict(fit.params), ctx)
+    finally:
+        if teacher is not None:
+            teacher.to("cpu")
+    if hooks[0] is not None and ctx.steps == 0 and fit.epochs > 0:
+        raise UserLoopError(f"task.train: the training loop must call ctx.after_step(model) after each optimizer "
+                            f"step in the {fit.phase} phase (it keeps pruned weights at zero), but it never did")
+    if hooks[1] is not None and ctx.reports == 0:  # early stopping and the teacher's score need one
+        ctx.report(fit.epochs)
 
 
 def _fit(model: nn.Module, data: Data, fit: Fit, device: torch.device, hooks: tuple) -> None:
