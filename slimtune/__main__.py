@@ -1,3 +1,3 @@
-from slimtune.cli import main
+from slimtune.cli import entry
 
-raise SystemExit(main())
+entry()

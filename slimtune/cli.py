@@ -78,6 +78,22 @@ def as_flags(exc) -> str:
     return text.replace("pass trust_code=True", "add --trust-code").replace("trust_code=True", "--trust-code")
 
 
+def entry() -> None:
+    """The ``slimtune`` command (and ``python -m slimtune``): :func:`main`, then exit with its code.
+    After Ctrl-C (130) the process ends at once once its line is printed: a library's worker
+    thread left running by the interrupted sweep must not hold it open (what finished is
+    already written; the study keeps the rest for ``slimtune resume``)."""
+    code = main()
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    raise SystemExit(code)
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush into the closed pipe
     does not print a second BrokenPipeError (the recipe in Python's `signal` documentation)."""
