@@ -104,10 +104,15 @@ def macs(model: nn.Module, input_shape: list[int]) -> int:
     return int(total)
 
 
-def latency_ms(model: nn.Module, shape: list[int], batch: int = 1, repeats: int = 20) -> float:
+def latency_ms(model: nn.Module, shape: list[int], batch: int = 1, repeats: int = 20,
+               dtype: torch.dtype = torch.float32) -> float:
     """Median CPU wall time of one forward pass of a ``(batch, *shape)`` input, in ms (after
-    two warm-up passes; the model's train/eval mode is restored)."""
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    two warm-up passes; the model's train/eval mode is restored). ``dtype`` torch.long: an
+    input of token ids (zeros)."""
+    if dtype.is_floating_point:
+        x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    else:
+        x = torch.zeros(batch, *shape, dtype=dtype)
     was_training = model.training
     model.eval()
     try:

@@ -260,7 +260,8 @@ def measure(model: nn.Module, trained: Trained, setup: TrialSetup, name: str) ->
         "params": params,
         "uncompressed_params": sum(compress.unreached_layers(model).values()) if compress.applied_configs(model) else 0,
         "nonzero_params": nonzero,
-        "latency_ms": compress.latency_ms(model, data.input_shape),
+        "latency_ms": compress.latency_ms(model, data.input_shape,
+                                          dtype=torch.long if data.x_train.dtype.kind in "iu" else torch.float32),
         "artifact": rel,
         **dict(zip(("layer_bits", "avg_bits"), layer_widths(model))),
     }

@@ -126,3 +126,29 @@ def forgetful_train(model, data, config, ctx) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+def token_data() -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (integers 0..29, sequences of 12) labelled by which of 4 marker tokens occurs most."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(4, 30, (600, 12))
+    y = rng.integers(0, 4, 600)
+    for row, label in zip(x, y):
+        row[rng.choice(12, 4, replace=False)] = label
+    return x, y
+
+
+class TokenNet(nn.Module):
+    """An embedding bag of token ids, then a linear head."""
+
+    def __init__(self, vocab: int, dim: int, classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x).mean(1))
+
+
+def token_net(config: dict) -> nn.Module:
+    return TokenNet(30, int(config.get("width", 16)), int(config["output_dim"]))

@@ -196,7 +196,7 @@ def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None)
         if len(arr) < MIN_ROWS[split]:
             raise SpecError("task.dataset", f"the {split} split needs at least {MIN_ROWS[split]} rows",
                             f"{len(arr)} rows from {len(x) + len(x_test)} in all", "add rows or change the splits")
-    if ds not in ("digits", "mnist1d"):  # user data: standardise with training statistics
+    if ds not in ("digits", "mnist1d") and x_tr.dtype.kind == "f":  # user data: standardise with training statistics
         mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-8
         x_tr, x_val, x_test = ((a - mu) / sd for a in (x_tr, x_val, x_test))
         pre.update(x_mean=mu.reshape(-1).tolist(), x_std=sd.reshape(-1).tolist())
@@ -204,7 +204,7 @@ def load_data(task: Task, seed: int | None = None, base_dir: Path | None = None)
             ym, ys = y_tr.mean(), y_tr.std() + 1e-8
             y_tr, y_val, y_test = ((a - ym) / ys for a in (y_tr, y_val, y_test))
             pre.update(y_mean=float(ym), y_std=float(ys))
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind in "iu" else np.float32)  # noqa: E731
     return Data(f32(x_tr), y_tr, f32(x_val), y_val, f32(x_test), y_test, kind, n_out, pre)
 
 
@@ -233,12 +233,15 @@ def _read_dataset(task: Task, base_dir: Path | None) -> tuple:
 
 
 def _checked(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``x`` as float32 once shapes, types and values are checked."""
+    """``x`` as float32 (integer features, e.g. token ids: int64, reaching the model as torch.long)
+    once shapes, types and values are checked."""
     if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
         raise SpecError("task.dataset", "x must be (rows, features...) and y (rows,) with equal rows",
                         f"x{tuple(x.shape)} y{tuple(y.shape)}")
     if x.dtype.kind not in "iuf":
         raise SpecError("task.dataset", "features must be numeric", str(x.dtype))
+    if x.dtype.kind in "iu":
+        return x.astype(np.int64)
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise SpecError("task.dataset", "features must be finite", "NaN or inf")

@@ -19,8 +19,9 @@ class TrainingDiverged(FloatingPointError):
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # Arrays from Ray's object store are read-only; torch wants writable memory.
-    xt = torch.from_numpy(np.array(x, dtype=np.float32))
+    # Arrays from Ray's object store are read-only; torch wants writable memory. Integer features
+    # (token ids) reach the model as torch.long.
+    xt = torch.from_numpy(np.array(x, dtype=np.int64 if np.asarray(x).dtype.kind in "iu" else np.float32))
     if kind == "classification":
         yt = torch.from_numpy(np.array(y)).long()
     else:
