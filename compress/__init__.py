@@ -31,7 +31,7 @@ from ._config import applied_configs, compress, config_from_json, config_to_json
 from ._int8 import Int8Linear, to_int8
 from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
 from ._mixed import assign_bits, average_bits, layer_sensitivity, output_kl, output_mse, stored_widths
-from ._models import build_model, prunable_modules, recipe_of, unreached_layers
+from ._models import build_model, prunable_modules, recipe_of, register_builder, unreached_layers
 from ._prune import (
     MagnitudePrune,
     apply_masks_,
@@ -74,6 +74,7 @@ __all__ = [
     "read_manifest",
     "recipe_of",
     "register",
+    "register_builder",
     "save",
     "sparsity_masks",
     "StructuredPrune",

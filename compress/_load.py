@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ._config import config_from_json
 from ._format3 import resolve
-from ._models import _check_recipe, build_model, builtin_size, prunable_modules
+from ._models import _check_recipe, build_model, builtin_size, prunable_modules, registered_builder
 from ._parse import (
     MAX_PARAMS,
     ArtifactError,
@@ -128,7 +128,7 @@ def _build(recipe: dict[str, Any], label: str, tensors: list[dict[str, Any]], co
     builder = None
     if recipe["arch"] == "hook":
         hook = recipe["hook"]
-        builder = (builders or {}).get(hook)
+        builder = (builders or {}).get(hook) or registered_builder(hook)
         if builder is None and not trust_code:
             raise UntrustedCodeError(
                 f"{label!r} builds its model by importing and running {hook!r}; load it only if you trust "

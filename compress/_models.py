@@ -15,7 +15,16 @@ import torch.nn as nn
 
 from ._config import closest
 
-__all__ = ["build_model", "prunable_modules", "recipe_of", "unreached_layers"]
+__all__ = ["build_model", "prunable_modules", "recipe_of", "register_builder", "unreached_layers"]
+
+#: Builders registered for ``module:function`` names (models defined in a script or a notebook).
+_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+
+
+def register_builder(hook: str, builder: Callable[[dict[str, Any]], nn.Module]) -> None:
+    """Let ``build_model`` and ``load`` build recipes naming ``hook`` with ``builder`` instead of
+    importing it (registering is this process's consent to run it, like ``builders=``)."""
+    _BUILDERS[hook] = builder
 
 _KEYS = {
     "mlp": {"arch", "input_shape", "output_dim", "depth", "width"},
@@ -60,6 +69,11 @@ def build_model(recipe: dict[str, Any], *, builder: Callable[[dict[str, Any]], n
         model = _hook(recipe, builder)
     object.__setattr__(model, _RECIPE_ATTR, json.loads(json.dumps(recipe)))
     return model
+
+
+def registered_builder(hook: str) -> Callable[[dict[str, Any]], nn.Module] | None:
+    """The builder `register_builder` registered for ``hook``, or None."""
+    return _BUILDERS.get(hook)
 
 
 def recipe_of(model: nn.Module) -> dict[str, Any] | None:
@@ -145,6 +159,7 @@ def _cnn(recipe: dict[str, Any]) -> nn.Module:
 
 def _hook(recipe: dict[str, Any], builder: Callable[[dict[str, Any]], nn.Module] | None) -> nn.Module:
     hook = recipe["hook"]
+    builder = builder if builder is not None else _BUILDERS.get(hook)
     if builder is not None:
         return _checked(hook, builder(dict(recipe.get("config", {}))))
     module_name, _, func_name = hook.partition(":")

@@ -29,6 +29,7 @@ from torch import nn
 from slimtune import compress, spaces
 from slimtune.search import deploy
 from slimtune.search.storage import Storage
+from slimtune.search.task import hooks
 from slimtune.search.task.data import Data
 from slimtune.search.task.recipe import BOOKKEEPING
 from slimtune.search.task.recipe import model_recipe as recipe_for
@@ -60,6 +61,8 @@ class TrialSetup:
     #: Declared metrics the trial computes through their hook (taken where the sweep starts: a
     #: worker process does not see declarations made there).
     metrics: tuple[spaces.Metric, ...] = field(default_factory=spaces.computed_metrics)
+    #: Hooks given as Python objects (search.task.hooks), shipped to every worker with the setup.
+    hooks: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[MethodKeys, ...]:
@@ -278,8 +281,7 @@ def _saved(model: nn.Module, recipe: dict[str, Any]) -> bytes:
         compress.save(model, Path(tmp) / "model.slim", recipe=recipe)
         blob = (Path(tmp) / "model.slim").read_bytes()
     if recipe.get("arch") == "hook":
-        module, _, fn = str(recipe["hook"]).partition(":")
-        compress.check_reloads(model, blob, getattr(importlib.import_module(module), fn))
+        compress.check_reloads(model, blob, hooks.resolve(str(recipe["hook"])))
     return blob
 
 
@@ -318,6 +320,7 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
     else:
         trial_name = f"local-{config.get('trial_number', 0)}"
     torch.set_num_threads(setup.threads)
+    hooks.install(setup.hooks)
     seed = int(config["seed"])
     torch.manual_seed(seed)  # every global RNG a model hook might draw from
     np.random.seed(seed % 2**32)
@@ -364,12 +367,9 @@ def run_trial(config: dict[str, Any], data: Data, setup: TrialSetup, report=None
 
 
 def user_loop(spec: spaces.Spec | None):
-    """The spec's ``task.train`` training loop (imported; this node runs it), or None."""
+    """The spec's ``task.train`` training loop (a Python object given to run_sweep, else imported), or None."""
     hook = spec.task.train if spec is not None else None
-    if not hook:
-        return None
-    module, _, fn = hook.partition(":")
-    return getattr(importlib.import_module(module), fn)
+    return hooks.resolve(hook) if hook else None
 
 
 def trial_device() -> str:

@@ -55,3 +55,52 @@ def test_errors_in_python_name_arguments_and_the_cli_names_flags(ray_session, tm
     assert "Storage(" not in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
     assert main(["export", str(tmp_path / "run"), "--trial", "999", "--out", str(tmp_path / "x.onnx")]) == 2
     assert capsys.readouterr().err.startswith("slimtune: error: --trial: must be a trial number")
+
+
+def test_model_train_and_data_as_python_objects_from_the_calling_script(ray_session, tmp_path):
+    """A model class, a training loop and the arrays, all defined here (not importable by name):
+    Ray ships them to the workers; the results, load_model and compress.load(builders=) work."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    from slimtune import compress
+
+    class LocalNet(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, int(config["width"])), nn.ReLU(),
+                                      nn.Linear(int(config["width"]), int(config["output_dim"])))
+
+        def forward(self, x):
+            return self.body(x)
+
+    def local_loop(model, data, config, ctx):
+        x, y = torch.tensor(np.array(data.x_train)), torch.tensor(np.array(data.y_train)).long()
+        opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
+        for epoch in range(1, ctx.epochs + 1):
+            for idx in torch.randperm(len(x)).split(64):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x[idx].to(ctx.device)), y[idx].to(ctx.device)).backward()
+                opt.step()
+                ctx.after_step(model)
+            ctx.report(epoch)
+
+    x, y = load_digits(return_X_y=True)
+    spec = {"name": "t-objects", "task": {"epochs": 3},  # model, loop and data come as objects
+            "space": {"lr": {"log_uniform": [0.005, 0.02]}, "batch_size": 64, "width": 16},
+            "compress": {"prune": {"method": "magnitude", "sparsity": 0.5, "finetune_epochs": 1},
+                         "quantize": {"bits": 8}},
+            "search": {"trials": 2, "concurrency": 2, "seed": 0}}
+    df = run_sweep(spec, tmp_path / "run", quiet=True, model=LocalNet, train=local_loop, data=(x / 16.0, y))
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 2 and (ok["accuracy"] > 0.6).all(), df[["status", "error"]]
+    n = int(ok["trial_number"].iloc[0])
+    model = load_model(tmp_path / "run", trial=n)  # this process registered LocalNet
+    assert model(torch.zeros(2, 64)).shape == (2, 10)
+    hook = compress.read_manifest(tmp_path / "run" / ok["artifact"].iloc[0])["recipe"]["hook"]
+    assert hook.endswith(":test_model_train_and_data_as_python_objects_from_the_calling_script_LocalNet")
+    again = compress.load(tmp_path / "run" / ok["artifact"].iloc[0], builders={hook: LocalNet})
+    with torch.no_grad():
+        assert torch.equal(again(torch.ones(3, 64)), model(torch.ones(3, 64)))

@@ -15,6 +15,7 @@ from slimtune.search.driver.place import SweepPlace, artifact_sink, aws_keys_hid
 from slimtune.search.driver.signals import INTERRUPTED, catch_sigint, raise_if_interrupted, restore_sigint
 from slimtune.search.driver.terminal import debug, one_line, quiet_ray, quiet_worker
 from slimtune.search.results.record import Record
+from slimtune.search.task import hooks
 from slimtune.search.task.data import Data, importable
 from slimtune.search.trial import TrialSetup, run_trial
 from slimtune.spaces import Spec
@@ -152,6 +153,7 @@ def _tuner(session: Session, record: Record, sink):
 
     spec, place = session.spec, session.place
     setup = TrialSetup(out_dir=place.storage.uri, model=spec.task.model, kind=session.data.kind,
+                       hooks=dict(hooks.PYTHON_HOOKS),
                        threads=max(1, int(spec.resources.cpu)), spec=spec, ladder=spec.search.ladder,
                        code_dir=session.code_dir, sink=sink)
     trainable = tune.with_resources(

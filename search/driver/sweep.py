@@ -34,17 +34,24 @@ from slimtune.search.results.record import Record
 from slimtune.search.results.rows import DefineByRun, param_names, trial_seed  # noqa: F401
 from slimtune.search.results.table import SWEEP, load_results, sweep_meta, write_results
 from slimtune.search.storage import Storage
+from slimtune.search.task import hooks
 from slimtune.search.task.data import Data, hooks_folder, importable, load_data, sweep_split_seed
 from slimtune.spaces import Spec, SpecError, load_spec, parse_spec
 
 
 def run_sweep(spec: Spec | str | Path | Mapping[str, Any], out: str | Path, *, base_dir: str | Path | None = None,
-              quiet: bool = False, address: str | None = None, warm_start: str | Path | None = None) -> pd.DataFrame:
+              quiet: bool = False, address: str | None = None, warm_start: str | Path | None = None,
+              model: Any = None, data: Any = None, train: Any = None) -> pd.DataFrame:
     """Run ``spec``'s sweep into ``out`` and return its results (see :func:`load_results`).
 
     ``spec``: a :class:`spaces.Spec`, a path to a YAML spec (its folder is ``base_dir``), or the
     spec as a dict. ``base_dir``: where the spec's files and ``module:function`` hooks are (default:
     the YAML file's folder, else the folder the model or dataset hook is imported from).
+    ``model``, ``train``, ``data``: Python objects instead of the spec's ``task.model`` (a class or
+    function ``build(config) -> nn.Module``), ``task.train`` (a training loop) and ``task.dataset``
+    (arrays ``(x, y)`` or a function returning them), defined anywhere, also in a notebook: Ray
+    ships them to the workers; their artifacts load with ``compress.load(path, builders={name:
+    model})`` (the name is the row's recipe's ``hook``, ``module:qualname``).
 
     ``out``: a local folder, or a URI (``s3://bucket/prefix``, ``gs://…``; credentials from the
     standard chains, never in the URI). Bad input raises :class:`spaces.SpecError` before Ray
@@ -54,7 +61,7 @@ def run_sweep(spec: Spec | str | Path | Mapping[str, Any], out: str | Path, *, b
     configurations are tried first (and whose trials are observations, where task and space
     are the same).
     """
-    spec, base_dir = _spec_of(spec, base_dir)
+    spec, base_dir = _spec_of(_with_objects(spec, model=model, data=data, train=train), base_dir)
     if warm_start is not None:
         sweep_meta(warm_start)  # a bad path is bad input: fail before anything is written
     data, storage = prepare(spec, out, base_dir)
@@ -79,6 +86,25 @@ def run_sweep(spec: Spec | str | Path | Mapping[str, Any], out: str | Path, *, b
         finally:
             place.close()
     return load_results(storage)
+
+
+def _with_objects(spec: Any, **objects: Any) -> Any:
+    """``spec`` with the Python objects given to run_sweep named in its task (registered in
+    search.task.hooks, which ships them to the workers); ``spec`` itself when none is given."""
+    objects = {k: v for k, v in objects.items() if v is not None}
+    if not objects:
+        return spec
+    raw = dict(spec.source) if isinstance(spec, Spec) else dict(load_spec(spec).source) if isinstance(
+        spec, (str, Path)) else dict(spec)
+    task = dict(raw.get("task") or {})
+    if "data" in objects:
+        data = objects.pop("data")
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            data = hooks.Arrays(*data)
+        task["dataset"] = hooks.register("data", data)
+    for key, obj in objects.items():
+        task[key] = hooks.register(key, obj)
+    return {**raw, "task": task}
 
 
 def _spec_of(spec: Any, base_dir: str | Path | None) -> tuple[Spec, str | Path | None]:

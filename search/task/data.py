@@ -9,7 +9,6 @@ with every trial through Ray's object store.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import os
 import random
@@ -132,9 +131,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _call_hook(spec: str) -> tuple[np.ndarray, np.ndarray]:
-    module, _, fn = spec.partition(":")
+    from slimtune.search.task.hooks import resolve
+
     try:
-        func = getattr(importlib.import_module(module), fn)
+        func = resolve(spec)
     except (ImportError, AttributeError) as exc:
         raise SpecError("task.dataset", "module:function must be importable", spec, str(exc)) from None
     out = func()

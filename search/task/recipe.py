@@ -7,7 +7,6 @@ artifact whatever the searcher attached to the trial.
 
 from __future__ import annotations
 
-import importlib
 import random
 import sys
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from slimtune import compress, spaces
 from slimtune.search.task.data import Data
+from slimtune.search.task.hooks import resolve
 
 #: What the searcher and the driver add to a trial's configuration for themselves: never a
 #: parameter of the model, so never shown to a model hook nor stored in its artifact.
@@ -99,9 +99,8 @@ def _read_by_hook(recipe: dict[str, Any]) -> dict[str, Any]:
     whole ``config`` when the hook reads it whole or keeps it in the model). The hook is built
     once here, with every global RNG put back after, so the caller's build draws the same weights."""
     shown = recipe["config"]
-    module, _, name = recipe["hook"].partition(":")
     try:
-        hook = getattr(importlib.import_module(module), name)
+        hook = resolve(recipe["hook"])
     except (ImportError, AttributeError, ValueError):
         compress.build_model(recipe)  # raises build_model's own error for a hook that does not import
         return shown
