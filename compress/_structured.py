@@ -54,7 +54,7 @@ def _structured_prune(model: nn.Module, config: StructuredPrune) -> nn.Module:
         )
     if config.ratio == 0:
         return model
-    example = torch.zeros(1, *recipe["input_shape"])
+    example = _example(model, recipe["input_shape"])
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         pruner = tp.pruner.BasePruner(
@@ -66,6 +66,18 @@ def _structured_prune(model: nn.Module, config: StructuredPrune) -> nn.Module:
         )
         pruner.step()
     return model
+
+
+def _example(model: nn.Module, shape: list[int]) -> torch.Tensor:
+    """A one-row input the model runs on: zeros, as token ids (long) for a model that does not
+    take floats (an Embedding first)."""
+    x = torch.zeros(1, *shape)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (RuntimeError, TypeError, IndexError):
+        return x.long()
+    return x
 
 
 def _output_layers(graph: object) -> list[nn.Module]:
