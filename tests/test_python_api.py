@@ -34,6 +34,18 @@ def test_run_sweep_takes_a_yaml_path_and_a_dict(ray_session, tmp_path):
         run_sweep(42, tmp_path / "c")
 
 
+def test_errors_in_python_name_arguments_and_the_cli_names_flags(tmp_path, capsys):
+    run = ROOT / "tests" / "fixtures" / "sweep_v1"  # a stored sweep: nothing to train here
+    with pytest.raises(SpecError) as err:
+        load_model(run, trial=999)
+    assert str(err.value).startswith("trial: must be a trial number") and "known trial numbers: 0" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        load_results(tmp_path / "nothing-here")
+    assert "Storage(" not in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
+    assert main(["export", str(run), "--trial", "999", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("slimtune: error: --trial: must be a trial number")
+
+
 def test_a_python_sweep_records_where_its_hook_model_comes_from(ray_session, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the folder the hook lives in
     spec = _small(name="t-hookdir", task={"dataset": "digits", "model": "tests.user_hooks:residual_net", "epochs": 1},
@@ -43,18 +55,6 @@ def test_a_python_sweep_records_where_its_hook_model_comes_from(ray_session, tmp
     ok = load_results(tmp_path / "run").query("status == 'ok'")
     n = int(ok["trial_number"].iloc[0])
     assert export_trial(tmp_path / "run", n, "onnx", tmp_path / "m.onnx", trust_code=True).is_file()
-
-
-def test_errors_in_python_name_arguments_and_the_cli_names_flags(ray_session, tmp_path, capsys):
-    run_sweep(_small(name="t-errs"), tmp_path / "run", quiet=True)
-    with pytest.raises(SpecError) as err:
-        load_model(tmp_path / "run", trial=999)
-    assert str(err.value).startswith("trial: must be a trial number") and "known trial numbers: 0-" in str(err.value)
-    with pytest.raises(SpecError) as err:
-        load_results(tmp_path / "nothing-here")
-    assert "Storage(" not in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
-    assert main(["export", str(tmp_path / "run"), "--trial", "999", "--out", str(tmp_path / "x.onnx")]) == 2
-    assert capsys.readouterr().err.startswith("slimtune: error: --trial: must be a trial number")
 
 
 def test_model_train_and_data_as_python_objects_from_the_calling_script(ray_session, tmp_path):
