@@ -78,13 +78,22 @@ class Lease:
                 "start_time": process_start_time(pid), "heartbeat": time.time(), "ttl": self.ttl}
 
     def holder(self) -> dict[str, Any] | None:
-        """The lease's current record, or None when nobody holds it."""
-        try:
-            return json.loads(self.storage.read_bytes(self.name) or b"{}")
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}  # unreadable: a writer died mid-way on a store without atomic writes
+        """The lease's current record, or None when nobody holds it; ``{}`` when it stays
+        unreadable (a writer died mid-way on a store without atomic writes). An empty or partial
+        read, as an object store may serve while the holder renews it, is read again first."""
+        for attempt in range(5):
+            try:
+                blob = self.storage.read_bytes(self.name)
+            except FileNotFoundError:
+                return None
+            try:
+                rec = json.loads(blob) if blob else None
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict) and rec:
+                return rec
+            time.sleep(0.05 * (attempt + 1))
+        return {}
 
     def stale(self, rec: dict[str, Any]) -> bool:
         if not rec:
