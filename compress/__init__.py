@@ -27,6 +27,7 @@ This package imports torch, numpy and the standard library only
 """
 
 from ._artifact import check_reloads, dense_bytes, save
+from ._codes import pack_bits
 from ._config import applied_configs, compress, config_from_json, config_to_json, register
 from ._int8 import Int8Linear, to_int8
 from ._load import MAX_PARAMS, ArtifactError, UntrustedCodeError, load, read_manifest
@@ -49,6 +50,7 @@ __all__ = [
     "ArtifactError",
     "MagnitudePrune",
     "MAX_PARAMS",
+    "pack_bits",
     "QParams",
     "applied_configs",
     "apply_masks_",

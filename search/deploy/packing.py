@@ -10,25 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimtune.compress import pack_bits  # the artifact's own k-bit packing (LSB first), reused as is
 
-def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """``values`` (non-negative integers < 2**bits, any shape, read in C order) as a k-bit stream."""
-    flat = np.asarray(values).reshape(-1).astype(np.uint64)
-    if flat.size and int(flat.max()) >> bits:
-        raise ValueError(f"a value does not fit in {bits} bits: max {int(flat.max())}")
-    planes = ((flat[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_bits(blob: bytes, bits: int, n: int) -> np.ndarray:
-    """The first ``n`` values of a k-bit stream (the inverse of :func:`pack_bits`), as int64."""
-    planes = np.unpackbits(np.frombuffer(blob, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
-    return (planes.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=1)
-
-
-def stream_bytes(n: int, bits: int) -> int:
-    """Length of a k-bit stream of ``n`` values."""
-    return (n * bits + 7) // 8
+__all__ = ["gap_stream", "pack_bits"]
 
 
 def gap_stream(mask: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
